@@ -1,0 +1,51 @@
+"""Checkpoints: what a stream has durably delivered, and the small store protocol that keeps them.
+
+A checkpoint is keyed by (account, stream): one account's cursor is never handed to another account's
+token. Stores offer two operations only, `read` and `commit` (compare-and-set on `version`), so that a
+future store in Azure Blob Storage with leases fits the same protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a stream stands after its last delivered page.
+
+    `cursor` is the Events API cursor to continue from (None before the first page). `version` is the
+    store's compare-and-set token: 0 means "never committed", every commit stores version + 1.
+    `backfill` holds per-slice progress of a parallel backfill (None when no backfill is running).
+    """
+
+    account: str
+    stream: str
+    cursor: str | None = None
+    newest_event_time: datetime | None = None
+    events_delivered: int = 0
+    version: int = 0
+    updated_at: datetime | None = None
+    backfill: dict[str, Any] | None = field(default=None, compare=False)
+
+    def advanced(self, **changes: Any) -> Checkpoint:
+        """A copy with `changes` applied; the store sets version and updated_at on commit."""
+        return replace(self, **changes)
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Durable checkpoints keyed by (account, stream).
+
+    `commit` stores `checkpoint` only if the stored version still equals `checkpoint.version`
+    (commit-if-unchanged) and returns what was stored (version + 1, updated_at set). Otherwise it raises
+    `CheckpointConflict` and stores nothing. A commit is durable when it returns.
+    """
+
+    def read(self, account: str, stream: str) -> Checkpoint | None: ...
+
+    def commit(self, checkpoint: Checkpoint) -> Checkpoint: ...
+
+    def list(self) -> list[Checkpoint]: ...
