@@ -1,0 +1,125 @@
+"""One page of events and how a 200 body becomes one (API reference section 3.3).
+
+The envelope is strict: `cursor` (non-empty string), `has_more` (bool) and `items` (list) or the body
+is malformed (`MalformedResponse`, retried by the client: the server may have hiccuped). Items are
+lenient: each needs only to be an object with a string `uuid` and an RFC 3339 `timestamp`; unknown
+fields and values, V1 fields and nulls pass untouched. An item that fails goes to `Page.rejected`,
+so one bad event never stops a stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from opsentinel.source.redact import scrub
+from opsentinel.timefmt import parse_rfc3339
+
+__all__ = ["MalformedResponse", "Page", "Rejection", "parse_page"]
+
+_EXCERPT = 200
+
+
+class MalformedResponse(ValueError):
+    """A 200 body that is not a valid page envelope; the message says what is wrong, never the body."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An item the page could not accept: its position, why, and a short, scrubbed excerpt."""
+
+    index: int
+    reason: str
+    raw_excerpt: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One response of an event endpoint, carrying its own checkpoint (`cursor`).
+
+    `events` are the accepted items, as the API sent them (raw dicts, in order). `request` is the
+    body that was sent (a cursor or ResetCursor; never the token). `newest_timestamp` is the latest
+    `timestamp` among `events` (aware UTC), `oldest_timestamp` the earliest; both None for a page
+    with no accepted events.
+    """
+
+    stream: str
+    events: list[dict[str, Any]]
+    cursor: str
+    has_more: bool
+    request: dict[str, Any]
+    rejected: list[Rejection] = field(default_factory=list)
+    newest_timestamp: datetime | None = None
+    oldest_timestamp: datetime | None = None
+
+
+def _excerpt(item: Any) -> str:
+    try:
+        text = orjson.dumps(item).decode("utf-8")
+    except TypeError:
+        text = repr(item)
+    return scrub(text, limit=_EXCERPT)
+
+
+def _check_item(item: Any) -> tuple[datetime | None, str | None]:
+    """(parsed timestamp, None) for a good item, (None, reason) for a bad one."""
+    if not isinstance(item, dict):
+        return None, f"item is a JSON {type(item).__name__}, not an object"
+    uuid = item.get("uuid")
+    if not isinstance(uuid, str) or not uuid:
+        return None, "item has no string 'uuid'"
+    stamp = item.get("timestamp")
+    if not isinstance(stamp, str):
+        return None, "item has no string 'timestamp'"
+    try:
+        return parse_rfc3339(stamp), None
+    except ValueError:
+        return None, "item 'timestamp' is not RFC 3339"
+
+
+def parse_page(stream: str, body: bytes, request: dict[str, Any]) -> Page:
+    """Parse a 200 body of an event endpoint into a Page; MalformedResponse if the envelope is bad."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        what = "empty" if not body.strip() else "not valid JSON (truncated?)"
+        raise MalformedResponse(f"body is {what}") from exc
+    if not isinstance(data, dict):
+        raise MalformedResponse("body is not a JSON object")
+    cursor = data.get("cursor")
+    if not isinstance(cursor, str) or not cursor:
+        raise MalformedResponse("'cursor' is missing or not a non-empty string")
+    has_more = data.get("has_more")
+    if not isinstance(has_more, bool):
+        raise MalformedResponse("'has_more' is missing or not a boolean")
+    items = data.get("items")
+    if not isinstance(items, list):
+        raise MalformedResponse("'items' is missing or not a list")
+
+    events: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    newest: datetime | None = None
+    oldest: datetime | None = None
+    for index, item in enumerate(items):
+        stamp, reason = _check_item(item)
+        if stamp is None:
+            rejected.append(Rejection(index, reason or "invalid item", _excerpt(item)))
+            continue
+        events.append(item)
+        if newest is None or stamp > newest:
+            newest = stamp
+        if oldest is None or stamp < oldest:
+            oldest = stamp
+    return Page(
+        stream=stream,
+        events=events,
+        cursor=cursor,
+        has_more=has_more,
+        request=dict(request),
+        rejected=rejected,
+        newest_timestamp=newest,
+        oldest_timestamp=oldest,
+    )
