@@ -62,7 +62,13 @@ SIGNIN_CATEGORY_TYPES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "sso_failed": ("service_account_sso_denied", "non_sso_user", "sso_user_mismatch"),
     "modern_version_failed": ("modern_version_missing", "modern_version_old"),
-    "firewall_failed": ("ip_blocked", "continent_blocked", "country_blocked", "anonymous_blocked", "all_blocked"),
+    "firewall_failed": (
+        "ip_blocked",
+        "continent_blocked",
+        "country_blocked",
+        "anonymous_blocked",
+        "all_blocked",
+    ),
     "firewall_reported_success": (
         "ip_blocked",
         "continent_blocked",

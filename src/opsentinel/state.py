@@ -49,3 +49,35 @@ class CheckpointStore(Protocol):
     def commit(self, checkpoint: Checkpoint) -> Checkpoint: ...
 
     def list(self) -> list[Checkpoint]: ...
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """The health of one stream as `op-sentinel status` shows it, kept by the pipeline per (account, stream).
+
+    `last_success`: when a page was last delivered; `last_error` / `last_error_at`: the last failure's
+    one-line text and time (kept after a later success, so `status` can show what happened);
+    `lag_seconds`: how far the newest delivered event is behind the clock; `rows_stored`: rows the
+    sink holds (or has accepted) for the stream. `updated_at` is set by the store when None.
+    """
+
+    account: str
+    stream: str
+    last_success: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    lag_seconds: float | None = None
+    rows_stored: int = 0
+    updated_at: datetime | None = None
+
+
+@runtime_checkable
+class StatusStore(Protocol):
+    """Where StreamStatus records live: the DuckDB store itself, or files next to the checkpoints.
+
+    `write_status` replaces the record of (status.account, status.stream) and is durable when it returns.
+    """
+
+    def write_status(self, status: StreamStatus) -> None: ...
+
+    def read_statuses(self) -> list[StreamStatus]: ...

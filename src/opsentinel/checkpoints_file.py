@@ -1,0 +1,309 @@
+"""Checkpoints and stream status as small JSON files, for sinks that cannot hold them (jsonl, sentinel).
+
+Layout under the state directory (`--state`, default `.op-sentinel/`):
+
+    checkpoints/.lock                          fcntl lock: commit-if-unchanged across processes
+    checkpoints/<account>/<stream>.json        one Checkpoint
+    status/<account>/<stream>.json             one StreamStatus
+
+Names are percent-encoded (anything but letters, digits, `-` and `_`), so no account or stream can
+escape its directory. Every file carries `format_version`. Files are written atomically (a temporary
+file in the same directory, fsync, rename, fsync of the directory), with mode 0600 in 0700
+directories: a crash leaves the old file or the new one, never a torn one.
+
+A checkpoint file that cannot be read or parsed is a StoreError naming it, never a silent fresh
+start (which would re-read up to 120 days of history, or skip it). A failed write (read-only
+directory, full disk) is a StoreError and leaves the previous file as it was.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from opsentinel.errors import CheckpointConflict, StoreError
+from opsentinel.state import Checkpoint, StreamStatus
+
+__all__ = ["FORMAT_VERSION", "FileCheckpointStore"]
+
+FORMAT_VERSION: Final = 1
+_SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _encode(name: str) -> str:
+    """An injective, filesystem-safe form of `name` ("%" for the empty name)."""
+    if not name:
+        return "%"
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in name.encode())
+
+
+def _time_text(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return utc.isoformat().replace("+00:00", "Z")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+class FileCheckpointStore:
+    """CheckpointStore and StatusStore over JSON files in `state_dir`. Safe across threads and processes."""
+
+    def __init__(
+        self, state_dir: str | os.PathLike[str], *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self._checkpoints = self.state_dir / "checkpoints"
+        self._status = self.state_dir / "status"
+        self._clock = clock
+        self._thread_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FileCheckpointStore({str(self.state_dir)!r})"
+
+    # CheckpointStore ---------------------------------------------------------------------------
+
+    def read(self, account: str, stream: str) -> Checkpoint | None:
+        path = self._path(self._checkpoints, account, stream)
+        data = _load(path, "checkpoint")
+        return None if data is None else self._checkpoint(data, path)
+
+    def commit(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Store `checkpoint` if the stored version equals `checkpoint.version` (0 = none stored)."""
+        path = self._path(self._checkpoints, checkpoint.account, checkpoint.stream)
+        with self._locked(self._checkpoints):
+            current = self.read(checkpoint.account, checkpoint.stream)
+            stored_version = 0 if current is None else current.version
+            if stored_version != checkpoint.version:
+                raise CheckpointConflict(
+                    f"checkpoint of {checkpoint.stream} (account {checkpoint.account}) is at version "
+                    f"{stored_version}, not {checkpoint.version}: another run committed first"
+                )
+            stored = replace(checkpoint, version=checkpoint.version + 1, updated_at=self._clock())
+            self._write(path, _checkpoint_json(stored))
+        return stored
+
+    def list(self) -> list[Checkpoint]:
+        out = []
+        for path in self._files(self._checkpoints):
+            data = _load(path, "checkpoint")
+            if data is not None:
+                out.append(self._checkpoint(data, path))
+        return sorted(out, key=lambda c: (c.account, c.stream))
+
+    # StatusStore -------------------------------------------------------------------------------
+
+    def write_status(self, status: StreamStatus) -> None:
+        if status.updated_at is None:
+            status = replace(status, updated_at=self._clock())
+        path = self._path(self._status, status.account, status.stream)
+        with self._locked(self._status):
+            self._write(path, _status_json(status))
+
+    def read_statuses(self) -> builtins.list[StreamStatus]:
+        out = []
+        for path in self._files(self._status):
+            data = _load(path, "status")
+            if data is not None:
+                out.append(_status(data, path))
+        return sorted(out, key=lambda s: (s.account, s.stream))
+
+    # files -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _path(root: Path, account: str, stream: str) -> Path:
+        return root / _encode(account) / f"{_encode(stream)}.json"
+
+    @staticmethod
+    def _files(root: Path) -> Iterator[Path]:
+        if not root.is_dir():
+            return
+        try:
+            for sub in sorted(root.iterdir()):
+                if sub.is_dir():
+                    yield from sorted(p for p in sub.glob("*.json") if not p.name.startswith("."))
+        except OSError as exc:
+            raise StoreError(f"cannot read the state directory {root}: {_reason(exc)}") from exc
+
+    def _checkpoint(self, data: dict[str, Any], path: Path) -> Checkpoint:
+        try:
+            cp = Checkpoint(
+                account=_typed(data, "account", str),
+                stream=_typed(data, "stream", str),
+                cursor=_optional(data, "cursor", str),
+                newest_event_time=_time(data, "newest_event_time"),
+                events_delivered=_typed(data, "events_delivered", int),
+                version=_typed(data, "version", int),
+                updated_at=_time(data, "updated_at"),
+                backfill=_optional(data, "backfill", dict),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"the checkpoint file {path} is corrupt ({exc}); fix or remove it") from exc
+        if self._path(path.parent.parent, cp.account, cp.stream) != path:
+            raise StoreError(
+                f"the checkpoint file {path} holds another stream's checkpoint; fix or remove it"
+            )
+        return cp
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        """Atomically replace `path` with `data` (tmp in the same directory, fsync, rename, fsync dir)."""
+        payload = orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+        try:
+            _make_private_dirs(path.parent)
+            tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                try:
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {_reason(exc)} (the previous file is unchanged)") from exc
+
+    @contextmanager
+    def _locked(self, root: Path) -> Iterator[None]:
+        """Exclusive across threads (threading lock) and processes (flock on root/.lock)."""
+        with self._thread_lock:
+            try:
+                _make_private_dirs(root)
+                fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise StoreError(f"cannot use the state directory {root}: {_reason(exc)}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the flock
+
+
+def _load(path: Path, what: str) -> dict[str, Any] | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read the {what} file {path}: {_reason(exc)}") from exc
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(f"the {what} file {path} is corrupt (not JSON); fix or remove it") from exc
+    if not isinstance(data, dict):
+        raise StoreError(f"the {what} file {path} is corrupt (not a JSON object); fix or remove it")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise StoreError(f"the {what} file {path} is corrupt (no format_version); fix or remove it")
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"the {what} file {path} has format_version {version}, newer than this op-sentinel "
+            f"knows ({FORMAT_VERSION}); upgrade op-sentinel"
+        )
+    return data
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """mkdir -p, with mode 0700 for every directory it creates."""
+    missing = []
+    current = directory
+    while not current.exists() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)  # mkdir's mode is narrowed by the umask, never widened
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checkpoint_json(cp: Checkpoint) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "account": cp.account,
+        "stream": cp.stream,
+        "cursor": cp.cursor,
+        "newest_event_time": _time_text(cp.newest_event_time),
+        "events_delivered": cp.events_delivered,
+        "version": cp.version,
+        "updated_at": _time_text(cp.updated_at),
+        "backfill": cp.backfill,
+    }
+
+
+def _status_json(st: StreamStatus) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "account": st.account,
+        "stream": st.stream,
+        "last_success": _time_text(st.last_success),
+        "last_error": st.last_error,
+        "last_error_at": _time_text(st.last_error_at),
+        "lag_seconds": st.lag_seconds,
+        "rows_stored": st.rows_stored,
+        "updated_at": _time_text(st.updated_at),
+    }
+
+
+def _status(data: dict[str, Any], path: Path) -> StreamStatus:
+    try:
+        lag = data.get("lag_seconds")
+        if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
+            raise TypeError("lag_seconds is not a number")
+        return StreamStatus(
+            account=_typed(data, "account", str),
+            stream=_typed(data, "stream", str),
+            last_success=_time(data, "last_success"),
+            last_error=_optional(data, "last_error", str),
+            last_error_at=_time(data, "last_error_at"),
+            lag_seconds=None if lag is None else float(lag),
+            rows_stored=_typed(data, "rows_stored", int),
+            updated_at=_time(data, "updated_at"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"the status file {path} is corrupt ({exc}); fix or remove it") from exc
+
+
+def _typed(data: dict[str, Any], key: str, kind: type) -> Any:
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{key} is not a {kind.__name__}")
+    return value
+
+
+def _optional(data: dict[str, Any], key: str, kind: type) -> Any:
+    return None if data.get(key) is None else _typed(data, key, kind)
+
+
+def _time(data: dict[str, Any], key: str) -> datetime | None:
+    text = _optional(data, key, str)
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{key} has no time zone")
+    return moment.astimezone(UTC)

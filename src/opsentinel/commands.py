@@ -1,0 +1,130 @@
+"""The `check` and `run` flows behind the CLI: start the connector, report, stop cleanly on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from opsentinel.config import Settings
+from opsentinel.connector import REGIONS, Connector
+from opsentinel.pipeline import StreamResult
+from opsentinel.timefmt import format_rfc3339
+
+log = logging.getLogger("opsentinel")
+
+
+def run_check(settings: Settings) -> None:
+    """Print account, features, region and the streams that will run; raise UserError on problems."""
+    asyncio.run(_check(settings))
+
+
+async def _check(settings: Settings) -> None:
+    connector = await Connector.start(settings)
+    try:
+        info = connector.introspection
+        host = connector.base_url.split("://", 1)[1]
+        print(f"base URL:  {connector.base_url}")
+        print(f"region:    {REGIONS.get(host, 'custom host ' + host)}")
+        print(f"account:   {connector.account}")
+        print(f"integration: {info.uuid}")
+        print(f"features:  {', '.join(info.features) or 'none'}")
+        print(f"streams:   {', '.join(s.name for s in connector.streams)}")
+        if connector.skipped:
+            print(f"skipped:   {', '.join(connector.skipped)} (token lacks the feature)")
+        print(f"sink:      {connector.destination.describe()}")
+        print(f"check:     {await asyncio.to_thread(connector.destination.sink.check)}")
+    finally:
+        await connector.close()
+
+
+def run_connector(settings: Settings, *, once: bool, progress: bool) -> int:
+    """`run` / `run --once`. Returns the exit status: 0 when everything fetched was delivered."""
+    return asyncio.run(run_async(settings, once=once, progress=progress))
+
+
+@contextmanager
+def _progress(enabled: bool, connector: Connector) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        tasks = {s.name: bar.add_task(f"{s.name:<15} starting", total=None) for s in connector.streams}
+
+        def update(stream: str, result: StreamResult) -> None:
+            span = (
+                f"{format_rfc3339(result.oldest)} .. {format_rfc3339(result.newest)}"
+                if result.oldest and result.newest
+                else "no events yet"
+            )
+            bar.update(tasks[stream], description=f"{stream:<15} {result.events:>9,} events  {span}")
+
+        connector.pipeline.on_progress = update
+        try:
+            yield
+        finally:
+            connector.pipeline.on_progress = None
+
+
+async def run_async(settings: Settings, *, once: bool, progress: bool) -> int:
+    """The body of `run`: start, drain once or poll until SIGINT/SIGTERM, close. Returns the exit status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = _install_signals(loop, stop)
+    connector = await Connector.start(settings)
+    try:
+        log.info(
+            "account=%s streams=%s sink=%s",
+            connector.account,
+            ",".join(s.name for s in connector.streams),
+            connector.destination.describe(),
+        )
+        with _progress(progress and once, connector):
+            if once:
+                results = await connector.poll_cycle(stop)
+                return _report_once(results)
+            await connector.run_forever(stop)
+            return 0
+    finally:
+        await connector.close()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[signal.Signals]:
+    """SIGINT/SIGTERM set `stop` (graceful drain). Only possible on the main thread."""
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        handled.append(sig)
+    return handled
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        return
+    log.info("received %s: finishing the page in flight, saving checkpoints", sig.name)
+    stop.set()
+
+
+def _report_once(results: list[StreamResult]) -> int:
+    failed = [r for r in results if r.error]
+    for r in results:
+        span = f"{format_rfc3339(r.oldest)} .. {format_rfc3339(r.newest)}" if r.oldest and r.newest else "-"
+        state = f"FAILED: {r.error}" if r.error else "ok"
+        print(f"{r.stream:<15} {r.events:>9,} events  {r.pages:>6,} pages  {span}  {state}", file=sys.stderr)
+    if failed:
+        names = ", ".join(r.stream for r in failed)
+        print(f"error: {names} did not finish; the checkpoints keep what was delivered", file=sys.stderr)
+        return 1
+    return 0

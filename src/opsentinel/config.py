@@ -1,0 +1,239 @@
+"""Settings: one typed object, validated once, from flags > environment > TOML file > defaults.
+
+The names are fixed by the user contract (../shared/design/interface.md, "Settings"). The API token is
+never a plain field: it is read from `--token-file` / `token_file` or `OP_SENTINEL_TOKEN` into a
+`SecretStr` and only revealed for the Authorization header.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+
+from opsentinel.errors import ConfigError
+from opsentinel.schema import DCR_STREAM_NAME
+from opsentinel.streams import STREAM_NAMES
+from opsentinel.timefmt import parse_duration, parse_rfc3339
+
+if TYPE_CHECKING:
+    from opsentinel.source.token import ApiToken
+
+SinkName = Literal["duckdb", "sentinel", "jsonl"]
+
+RETENTION = timedelta(days=120)
+DEFAULT_LOOKBACK = timedelta(days=7)
+DEFAULT_CONFIG_FILE = "op-sentinel.toml"
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """Where one setting may come from."""
+
+    name: str
+    env: str | None
+
+
+# Every setting, with its environment variable (flags carry the same name with dashes).
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("base_url", "OP_SENTINEL_BASE_URL"),
+    SettingSpec("token_file", "OP_SENTINEL_TOKEN_FILE"),
+    SettingSpec("streams", "OP_SENTINEL_STREAMS"),
+    SettingSpec("since", "OP_SENTINEL_SINCE"),
+    SettingSpec("lookback", "OP_SENTINEL_LOOKBACK"),
+    SettingSpec("sink", "OP_SENTINEL_SINK"),
+    SettingSpec("db", "OP_SENTINEL_DB"),
+    SettingSpec("jsonl_path", "OP_SENTINEL_JSONL"),
+    SettingSpec("dce", "OP_SENTINEL_DCE"),
+    SettingSpec("dcr_id", "OP_SENTINEL_DCR_ID"),
+    SettingSpec("stream", "OP_SENTINEL_STREAM"),
+    SettingSpec("state", "OP_SENTINEL_STATE"),
+    SettingSpec("poll_interval", "OP_SENTINEL_POLL_INTERVAL"),
+    SettingSpec("health_interval", "OP_SENTINEL_HEALTH_INTERVAL"),
+    SettingSpec("allow_custom_host", "OP_SENTINEL_ALLOW_CUSTOM_HOST"),
+    SettingSpec("log_level", "OP_SENTINEL_LOG_LEVEL"),
+)
+TOKEN_ENV = "OP_SENTINEL_TOKEN"  # noqa: S105 - the variable name, not a secret
+
+
+class Settings(BaseModel):
+    """Validated settings. Build with `load_settings`, not directly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    streams: tuple[str, ...] | None = None
+    since: datetime | None = None
+    lookback: timedelta | None = None
+    sink: SinkName = "duckdb"
+    db: Path = Path("op-sentinel.duckdb")
+    jsonl_path: Path = Path("op-sentinel.jsonl")
+    dce: str | None = None
+    dcr_id: str | None = None
+    stream: str = DCR_STREAM_NAME
+    state: Path = Path(".op-sentinel")
+    poll_interval: timedelta = timedelta(seconds=10)
+    health_interval: timedelta = timedelta(minutes=15)
+    allow_custom_host: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("streams", mode="before")
+    @classmethod
+    def _streams(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        items = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+        items = [s for s in items if s]
+        unknown = [s for s in items if s not in STREAM_NAMES]
+        if unknown:
+            raise ValueError(f"unknown stream {unknown[0]!r} (choose from {', '.join(STREAM_NAMES)})")
+        if not items:
+            raise ValueError("no stream named")
+        return tuple(dict.fromkeys(items))
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _since(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_rfc3339(value)
+        return value
+
+    @field_validator("lookback", "poll_interval", "health_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_duration(value)
+        return value
+
+    @field_validator("poll_interval", "health_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("must be more than 0s")
+        return value
+
+    @field_validator("allow_custom_host", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"expected 1 or 0, got {value[:20]!r}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    def first_run_start(self, now: datetime) -> tuple[datetime, str | None]:
+        """Where a stream without a checkpoint starts, and a warning when the start was clamped."""
+        if self.since is not None:
+            start = self.since
+        else:
+            start = now - (self.lookback or DEFAULT_LOOKBACK)
+        oldest = now - RETENTION
+        if start < oldest:
+            return (
+                oldest,
+                "the start is older than the API's 120-day retention; starting 120 days ago instead",
+            )
+        return start, None
+
+    @property
+    def start_was_given(self) -> bool:
+        return self.since is not None or self.lookback is not None
+
+    def api_token(self) -> ApiToken:
+        """The token from `--token-file`/`token_file` or `OP_SENTINEL_TOKEN`; ConfigError if none."""
+        from opsentinel.source.token import ApiToken
+
+        if self.token_file is not None:
+            return ApiToken.from_file(self.token_file)
+        if self.token is not None:
+            return ApiToken(self.token.get_secret_value())
+        raise ConfigError(f"no API token: pass --token-file PATH or set {TOKEN_ENV}")
+
+
+def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {s.name for s in SPECS}
+    for key in data:
+        if key == "token":
+            raise ConfigError(f"config file {path}: put the token in a file and set token_file, not token")
+        if key not in known:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+    if "token_file" in data:
+        data["token_file"] = (path.parent / str(data["token_file"])).resolve()
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Merge flags > environment > TOML file > defaults into validated Settings.
+
+    `flags` holds only the flags the user gave (None values are ignored). ConfigError on any problem,
+    with one line naming the setting and where it came from.
+    """
+    env = os.environ if environ is None else environ
+    explicit = config_path is not None
+    file_values = _read_config_file(config_path or Path(DEFAULT_CONFIG_FILE), explicit)
+
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for spec in SPECS:
+        if flags.get(spec.name) is not None:
+            merged[spec.name] = flags[spec.name]
+            origin[spec.name] = "--" + spec.name.replace("_", "-")
+        elif spec.env and env.get(spec.env, "") != "":
+            merged[spec.name] = env[spec.env]
+            origin[spec.name] = spec.env
+        elif spec.name in file_values:
+            merged[spec.name] = file_values[spec.name]
+            origin[spec.name] = f"{config_path or DEFAULT_CONFIG_FILE}"
+    # The token itself only from the environment; a token file from flag/env/file.
+    if merged.get("token_file") is None and env.get(TOKEN_ENV):
+        merged["token"] = SecretStr(env[TOKEN_ENV].strip())
+    if flags.get("token_file") is not None:
+        merged.pop("token", None)
+    if merged.get("since") is not None and merged.get("lookback") is not None:
+        raise ConfigError(
+            f"give either since ({origin['since']}) or lookback ({origin['lookback']}), not both"
+        )
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "settings"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        where = origin.get(name, name)
+        raise ConfigError(f"invalid {name} ({where}): {msg}") from None
+    return settings
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,194 @@
+"""Wiring: settings -> token, base URL, client, destination, pipeline; and the `check`/`run` flows.
+
+Start-up validates everything that can be validated before the first page: the base URL rules, the
+token (introspect), the streams the token allows, and the destination. Each problem is one UserError
+line. `Connector` is what a caller (CLI, a serverless timer, a test) uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from opsentinel.config import Settings
+from opsentinel.destination import Destination, open_destination
+from opsentinel.errors import AuthError
+from opsentinel.events import Introspection
+from opsentinel.pipeline import Pipeline, StreamResult
+from opsentinel.source.baseurl import base_url_from_token, validate_base_url
+from opsentinel.source.client import EventsClient
+from opsentinel.source.ratelimit import RateLimiter
+from opsentinel.source.token import ApiToken
+from opsentinel.streams import STREAMS, StreamSpec, get_stream
+from opsentinel.telemetry import Telemetry
+
+log = logging.getLogger("opsentinel")
+
+REGIONS = {
+    "events.1password.com": "1password.com (US / Business)",
+    "events.ent.1password.com": "ent.1password.com (Enterprise)",
+    "events.1password.ca": "1password.ca (Canada)",
+    "events.1password.eu": "1password.eu (EU)",
+}
+
+
+def resolve_base_url(settings: Settings, token: ApiToken) -> str:
+    """The configured base URL, or the one the token's `aud` claim names; validated either way."""
+    if settings.base_url is not None:
+        return validate_base_url(settings.base_url, allow_custom_host=settings.allow_custom_host)
+    return base_url_from_token(token, allow_custom_host=settings.allow_custom_host)
+
+
+def select_streams(
+    requested: tuple[str, ...] | None, features: list[str]
+) -> tuple[list[StreamSpec], list[str]]:
+    """(streams to run, streams skipped because the token lacks their feature)."""
+    wanted = [get_stream(name) for name in requested] if requested else list(STREAMS)
+    runnable = [s for s in wanted if s.feature in features]
+    skipped = [s.name for s in wanted if s.feature not in features]
+    if not runnable:
+        names = ", ".join(s.name for s in wanted)
+        have = ", ".join(features) or "none"
+        raise AuthError(f"the token allows none of the requested streams ({names}); its features: {have}")
+    return runnable, skipped
+
+
+@dataclass
+class Connector:
+    """One account's connector, started: token checked, streams chosen, destination open.
+
+    Use as an async context manager (`async with Connector.start(settings) as c:`) and call
+    `poll_cycle()` (one drain of every stream: what a serverless timer calls) or `run_forever()`.
+    """
+
+    settings: Settings
+    base_url: str
+    client: EventsClient
+    introspection: Introspection
+    streams: list[StreamSpec]
+    skipped: list[str]
+    destination: Destination
+    pipeline: Pipeline
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    @property
+    def account(self) -> str:
+        return self.pipeline.account
+
+    @classmethod
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        verify: object = True,
+        destination: Destination | None = None,
+    ) -> Connector:
+        token = settings.api_token()
+        base_url = resolve_base_url(settings, token)
+        client = EventsClient(base_url, token, limiter=RateLimiter(), verify=verify)  # type: ignore[arg-type]
+        await client.__aenter__()
+        try:
+            info = await client.introspect()
+            streams, skipped = select_streams(settings.streams, list(info.features))
+            if skipped:
+                log.warning(
+                    "skipping %s: the token lacks the feature%s (issue a token with %s to collect %s)",
+                    ", ".join(skipped),
+                    "s" if len(skipped) > 1 else "",
+                    "them" if len(skipped) > 1 else "it",
+                    "them" if len(skipped) > 1 else "it",
+                )
+            account = info.account_uuid or token.claims.account or info.uuid
+            dest = destination or open_destination(settings)
+            now = datetime.now(UTC)
+            first_start, clamp_warning = settings.first_run_start(now)
+            if clamp_warning and settings.start_was_given:
+                log.warning(clamp_warning)
+            telemetry = Telemetry(account=account)
+            pipeline = Pipeline(
+                client=client,
+                sink=dest.sink,
+                store=dest.store,
+                account=account,
+                first_start=first_start,
+                telemetry=telemetry,
+            )
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        connector = cls(settings, base_url, client, info, streams, skipped, dest, pipeline)
+        await connector._warn_unused_start()
+        return connector
+
+    async def _warn_unused_start(self) -> None:
+        if not self.settings.start_was_given:
+            return
+        resumed = []
+        for spec in self.streams:
+            cp = await asyncio.to_thread(self.destination.store.read, self.account, spec.name)
+            if cp is not None and cp.cursor:
+                resumed.append(spec.name)
+        if resumed:
+            log.warning(
+                "--since/--lookback not used for %s: continuing from the stored checkpoint "
+                "(to read history again, use a fresh --db or state directory)",
+                ", ".join(resumed),
+            )
+
+    async def close(self) -> None:
+        await self.client.__aexit__(None, None, None)
+        self.destination.close()
+
+    async def poll_cycle(self, stop: asyncio.Event | None = None) -> list[StreamResult]:
+        """Drain every enabled stream once (concurrently), record status, write health rows."""
+        results = await self.pipeline.poll_cycle(self.streams, stop)
+        await self.record_status()
+        await self.pipeline.write_health()
+        return results
+
+    async def record_status(self) -> None:
+        await asyncio.to_thread(self.destination.record_status, self.account, self.pipeline.telemetry)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Poll each stream, waiting `poll_interval` after each drain (backing off after failures),
+        and write health rows at least every `health_interval`, until `stop` is set."""
+        tasks = [asyncio.create_task(self._poll_stream_forever(spec, stop)) for spec in self.streams]
+        tasks.append(asyncio.create_task(self._health_forever(stop)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        await self.record_status()
+        await self.pipeline.write_health()
+
+    async def _poll_stream_forever(self, spec: StreamSpec, stop: asyncio.Event) -> None:
+        interval = self.settings.poll_interval.total_seconds()
+        failures = 0
+        while not stop.is_set():
+            result = await self.pipeline.drain_stream(spec, stop)
+            await self.record_status()
+            failures = failures + 1 if result.error else 0
+            wait = interval if not failures else min(300.0, interval * 2 ** min(failures, 8))
+            await _wait(stop, wait)
+
+    async def _health_forever(self, stop: asyncio.Event) -> None:
+        interval = self.settings.health_interval.total_seconds()
+        last = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            due = loop.time() - last >= interval
+            if self.pipeline.telemetry.take_changed() or due:
+                await self.pipeline.write_health()
+                last = loop.time()
+            await _wait(stop, 1.0)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,390 @@
+"""The embedded default sink: a DuckDB file that stores the rows *and* the checkpoints.
+
+`DuckDBStore(path)` is a Sink (name "duckdb", transactional) and a CheckpointStore and StatusStore.
+
+Exactly once. `write(batch, checkpoint)` runs ONE transaction: it inserts the batch's new rows and
+commits the checkpoint if its version still equals the stored one (0 = none stored), else raises
+CheckpointConflict and stores nothing. DuckDB's WAL makes the transaction atomic and durable, so a
+crash at any moment leaves either the rows and the new cursor, or neither.
+
+Duplicates. `uuid_s` is unique per `log_source`. Duplicates inside a batch are dropped (first wins);
+an event delivered again (cursor reset, replay) is not stored again. The check is an anti-join
+against the stored rows of the same `log_source` whose `timestamp` lies in the batch's [min, max]
+range: an event's timestamp never changes, so any earlier copy lies in that range, and DuckDB's
+zone maps skip every row group outside it. Rows without a timestamp are compared with the stored
+rows without one. Measured on 2M audit events in 1000-event batches (2 shared cores):
+
+    anti-join on the time range   ~2 ms per batch, flat as the table grows; file 25 MB; peak RSS ~190 MB
+    PRIMARY KEY (log_source, uuid_s) with INSERT OR IGNORE
+                                  insert grows to ~50 ms per batch at 2M rows; file 147 MB
+
+so no index is kept on the event table. The checkpoint and status tables are tiny and keyed.
+
+Bulk insert. A batch becomes column lists (`transform.to_columns`), then one Arrow table, inserted
+with one INSERT ... SELECT (never row by row). DuckDB gets `memory_limit` (64 MB) and one thread.
+
+Sharing the file with readers. DuckDB admits one read-write process or many read-only ones. The
+writer therefore holds the file only in short bursts: a connection is opened for a transaction,
+reused by the transactions that follow within `hold` seconds (0.8), closed after `linger` seconds
+(0.2) without use or when `hold` is over (a background thread does the idle close), and not
+reopened until `gap` seconds (0.1) later, so a waiting reader gets its turn. Readers
+(`store_read.open_reader`) open read-only and retry on lock errors until their `wait`. The writer
+likewise retries its own open for up to `lock_wait` seconds while readers hold the file.
+
+Files are created owner-only (0600): the process umask is narrowed to 077 while the store opens or
+writes, so the database, its WAL and spill files are never readable by others.
+"""
+
+# ruff: noqa: S608  (SQL text here is built from module constants only; values are always bound)
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import pyarrow as pa
+
+from opsentinel import storefile
+from opsentinel.errors import CheckpointConflict
+from opsentinel.schema import COLUMN_NAMES, COLUMNS, TABLE_NAME
+from opsentinel.sinks.base import Batch
+from opsentinel.state import Checkpoint, StreamStatus
+from opsentinel.transform import to_columns
+
+__all__ = ["DuckDBStore"]
+
+log = logging.getLogger(__name__)
+
+_ARROW_TYPES: Final = {
+    "string": pa.string(),
+    "dynamic": pa.string(),  # JSON text; DuckDB casts it to JSON on insert
+    "datetime": pa.timestamp("us", tz="UTC"),
+    "int": pa.int64(),
+}
+_ARROW_SCHEMA: Final = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in COLUMNS])
+_UUID: Final = COLUMN_NAMES.index("uuid_s")
+_TIMESTAMP: Final = COLUMN_NAMES.index("timestamp")
+_BATCH_VIEW: Final = "opsentinel_batch"
+_EXISTING: Final = f'SELECT uuid_s FROM "{TABLE_NAME}" WHERE log_source = ? AND '
+
+
+# --- owner-only files ---------------------------------------------------------------------------
+
+_umask_lock = threading.Lock()
+_umask_depth = 0
+_umask_saved = 0
+
+
+@contextmanager
+def _private_umask() -> Iterator[None]:
+    """umask 077 while inside (re-entrant across threads; restored when the last one leaves)."""
+    global _umask_depth, _umask_saved
+    with _umask_lock:
+        if _umask_depth == 0:
+            _umask_saved = os.umask(0o077)
+        _umask_depth += 1
+    try:
+        yield
+    finally:
+        with _umask_lock:
+            _umask_depth -= 1
+            if _umask_depth == 0:
+                os.umask(_umask_saved)
+
+
+# --- the writer's connection, held in bursts ------------------------------------------------------
+
+
+class _BurstConnection:
+    """One read-write connection, opened on demand and given up often (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        config: dict[str, Any],
+        *,
+        hold: float,
+        linger: float,
+        gap: float,
+        lock_wait: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.path = path
+        self._config = config
+        self._hold, self._linger, self._gap, self._lock_wait = hold, linger, gap, lock_wait
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._opened_at = self._last_used = 0.0
+        self._closed_at = float("-inf")
+        self._closer: threading.Thread | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside BEGIN ... COMMIT; rolled back if the body raises.
+
+        duckdb errors leave as StoreError and discard the connection (DuckDB may have invalidated it).
+        """
+        with self._lock, _private_umask():
+            con = self._open()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    _rollback(con)
+                    raise
+            except duckdb.Error as exc:
+                self._discard()
+                raise storefile.store_error(exc, self.path) from exc
+            finally:
+                self._after_use()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+            self._wake.notify_all()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        if self._con is not None:
+            return self._con
+        pause = self._gap - (time.monotonic() - self._closed_at)
+        if pause > 0:
+            time.sleep(pause)  # let a waiting reader in between two bursts
+        con = storefile.connect(self.path, read_only=False, wait=self._lock_wait, config=self._config)
+        try:
+            storefile.ensure_schema(con, self.path, self._clock())
+        except duckdb.Error as exc:
+            con.close()
+            raise storefile.store_error(exc, self.path) from exc
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
+        self._opened_at = time.monotonic()
+        return con
+
+    def _after_use(self) -> None:
+        if self._con is None:
+            return
+        self._last_used = time.monotonic()
+        if self._last_used - self._opened_at >= self._hold:
+            self._close()
+        elif self._closer is None:
+            self._closer = threading.Thread(target=self._close_when_idle, name="duckdb-closer", daemon=True)
+            self._closer.start()
+
+    def _close_when_idle(self) -> None:
+        with self._lock:
+            try:
+                while self._con is not None:
+                    due = min(self._last_used + self._linger, self._opened_at + self._hold)
+                    now = time.monotonic()
+                    if now >= due:
+                        self._close()
+                        break
+                    self._wake.wait(due - now)
+            finally:
+                self._closer = None
+
+    def _close(self) -> None:
+        con, self._con = self._con, None
+        if con is None:
+            return
+        self._closed_at = time.monotonic()
+        try:
+            con.close()  # checkpoints the WAL into the file; if that fails, the WAL still has it all
+        except duckdb.Error as exc:
+            log.warning("closing the store %s: %s", self.path, storefile.one_line(exc))
+        self._closed_at = time.monotonic()
+
+    def _discard(self) -> None:
+        con, self._con = self._con, None
+        self._closed_at = time.monotonic()
+        if con is not None:
+            try:
+                con.close()
+            except duckdb.Error:
+                pass
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class DuckDBStore:
+    """Rows, checkpoints and stream status in one DuckDB file. Thread-safe; one per file per process."""
+
+    name = "duckdb"
+    transactional = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        memory_limit: str = "64MB",
+        threads: int = 1,
+        hold: float = 0.8,
+        linger: float = 0.2,
+        gap: float = 0.06,
+        lock_wait: float = 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        config = {"memory_limit": memory_limit, "threads": threads}
+        self._conn = _BurstConnection(
+            self.path, config, hold=hold, linger=linger, gap=gap, lock_wait=lock_wait, clock=clock
+        )
+        self.last_inserted = 0
+        """Rows the last `write` stored (the batch minus duplicates)."""
+
+    def __repr__(self) -> str:
+        return f"DuckDBStore({str(self.path)!r})"
+
+    # Sink -------------------------------------------------------------------------------------
+
+    def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Checkpoint | None:
+        """Store the batch's new rows and commit `checkpoint` (if given) in one transaction.
+
+        Returns the stored checkpoint (version + 1, updated_at set), or None when none was given
+        (health rows). Raises CheckpointConflict (nothing stored) or StoreError.
+        """
+        columns = _unique_by_uuid(to_columns(batch.log_source, batch.events, batch.ingested_at))
+        table = pa.Table.from_arrays(
+            [pa.array(col, type=f.type) for col, f in zip(columns, _ARROW_SCHEMA, strict=True)],
+            schema=_ARROW_SCHEMA,
+        )
+        stored = None
+        with self._conn.transaction() as con:
+            if checkpoint is not None:
+                _check_version(con, checkpoint)
+            inserted = _insert_new(con, batch.log_source, table, columns[_TIMESTAMP]) if len(table) else 0
+            if checkpoint is not None:
+                stored = replace(checkpoint, version=checkpoint.version + 1, updated_at=self._clock())
+                _save_checkpoint(con, stored)
+        self.last_inserted = inserted
+        return stored
+
+    def check(self) -> str:
+        """Open (creating if needed) and count the rows; a one-line description or StoreError."""
+        counts = self.rows_by_stream()
+        return f"DuckDB store {self.path} ({sum(counts.values())} rows)"
+
+    def close(self) -> None:
+        """Give the file up now (the store can still be used; it reopens on demand)."""
+        self._conn.close()
+
+    # CheckpointStore ---------------------------------------------------------------------------
+
+    def read(self, account: str, stream: str) -> Checkpoint | None:
+        with self._conn.transaction() as con:
+            row = storefile.first_row(con.execute(storefile.SELECT_CHECKPOINT, [account, stream]))
+        return None if row is None else storefile.checkpoint_from_row(row)
+
+    def commit(self, checkpoint: Checkpoint) -> Checkpoint:
+        with self._conn.transaction() as con:
+            _check_version(con, checkpoint)
+            stored = replace(checkpoint, version=checkpoint.version + 1, updated_at=self._clock())
+            _save_checkpoint(con, stored)
+        return stored
+
+    def list(self) -> list[Checkpoint]:
+        with self._conn.transaction() as con:
+            return storefile.fetch_checkpoints(con)
+
+    # StatusStore and helpers for `status` --------------------------------------------------------
+
+    def write_status(self, status: StreamStatus) -> None:
+        if status.updated_at is None:
+            status = replace(status, updated_at=self._clock())
+        with self._conn.transaction() as con:
+            con.execute(storefile.UPSERT_STATUS, storefile.status_params(status))
+
+    def read_statuses(self) -> builtins.list[StreamStatus]:
+        with self._conn.transaction() as con:
+            return storefile.fetch_statuses(con)
+
+    def rows_by_stream(self) -> dict[str, int]:
+        with self._conn.transaction() as con:
+            return storefile.rows_by_stream(con)
+
+    def newest_event_time(self, stream: str) -> datetime | None:
+        with self._conn.transaction() as con:
+            return storefile.newest_event_time(con, stream)
+
+
+def _unique_by_uuid(columns: list[list[Any]]) -> list[list[Any]]:
+    """Drop rows whose uuid already appeared earlier in the batch (rows without a uuid are kept)."""
+    seen: set[str] = set()
+    keep: list[int] = []
+    for i, uuid in enumerate(columns[_UUID]):
+        if uuid is None:
+            keep.append(i)
+        elif uuid not in seen:
+            seen.add(uuid)
+            keep.append(i)
+    if len(keep) == len(columns[_UUID]):
+        return columns
+    return [[col[i] for i in keep] for col in columns]
+
+
+def _insert_new(
+    con: duckdb.DuckDBPyConnection, log_source: str, table: pa.Table, times: list[datetime | None]
+) -> int:
+    """INSERT the rows of `table` whose uuid is not stored yet for `log_source`; the count inserted."""
+    present = [t for t in times if t is not None]
+    parts: list[str] = []
+    params: list[Any] = []
+    if present:
+        parts.append(_EXISTING + '"timestamp" BETWEEN ? AND ?')
+        params += [log_source, min(present), max(present)]
+    if len(present) < len(times):
+        parts.append(_EXISTING + '"timestamp" IS NULL')
+        params.append(log_source)
+    sql = (
+        f'INSERT INTO "{TABLE_NAME}" SELECT b.* FROM {_BATCH_VIEW} AS b '
+        f"ANTI JOIN ({' UNION ALL '.join(parts)}) AS e ON b.uuid_s = e.uuid_s"
+    )
+    con.register(_BATCH_VIEW, table)
+    try:
+        row = storefile.first_row(con.execute(sql, params))
+    finally:
+        con.unregister(_BATCH_VIEW)
+    return int(row[0]) if row else 0
+
+
+def _check_version(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint) -> None:
+    row = storefile.first_row(con.execute(storefile.SELECT_VERSION, [checkpoint.account, checkpoint.stream]))
+    stored = 0 if row is None else int(row[0])
+    if stored != checkpoint.version:
+        raise CheckpointConflict(
+            f"checkpoint of {checkpoint.stream} (account {checkpoint.account}) is at version {stored}, "
+            f"not {checkpoint.version}: another run committed first"
+        )
+
+
+def _save_checkpoint(con: duckdb.DuckDBPyConnection, stored: Checkpoint) -> None:
+    """Store `stored` (already version-checked in this transaction): its first version is an INSERT."""
+    params = storefile.checkpoint_params(stored)
+    if stored.version == 1:
+        con.execute(storefile.INSERT_CHECKPOINT, params)
+    else:  # UPDATE is ~2x cheaper than INSERT ... ON CONFLICT DO UPDATE in DuckDB
+        con.execute(storefile.UPDATE_CHECKPOINT, params[2:] + params[:2])

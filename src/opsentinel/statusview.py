@@ -1,0 +1,139 @@
+"""`op-sentinel status`: per stream, checkpoint age, newest event time, rows stored, last error.
+
+Reads only: the DuckDB store read-only (waiting while `run` holds it), or the state directory's files.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from opsentinel.config import Settings
+from opsentinel.errors import StoreError
+from opsentinel.state import Checkpoint, StreamStatus
+from opsentinel.timefmt import format_duration, format_rfc3339
+
+
+@dataclass(frozen=True)
+class StreamView:
+    account: str
+    stream: str
+    checkpoint_at: datetime | None
+    newest_event: datetime | None
+    rows: int
+    last_success: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    lag_seconds: float | None
+
+
+def collect(settings: Settings) -> list[StreamView]:
+    """One view per (account, stream) known to the store, plus health rows' counts when present."""
+    if settings.sink == "duckdb":
+        from opsentinel.store_read import read_summary
+
+        if not settings.db.exists():
+            raise StoreError(f"no store at {settings.db} (run `op-sentinel run` first, or pass --db)")
+        summary = read_summary(settings.db)
+        return _views(
+            summary.checkpoints, summary.statuses, summary.rows_by_stream, summary.newest_event_time
+        )
+    from opsentinel.checkpoints_file import FileCheckpointStore
+
+    if not settings.state.exists():
+        raise StoreError(
+            f"no state directory at {settings.state} (run `op-sentinel run` first, or pass --state)"
+        )
+    files = FileCheckpointStore(settings.state)
+    checkpoints = files.list()
+    rows = {c.stream: c.events_delivered for c in checkpoints}
+    newest = {c.stream: c.newest_event_time for c in checkpoints}
+    return _views(checkpoints, files.read_statuses(), rows, newest)
+
+
+def _views(
+    checkpoints: list[Checkpoint],
+    statuses: list[StreamStatus],
+    rows: dict[str, int],
+    newest: dict[str, datetime | None],
+) -> list[StreamView]:
+    by_key = {(s.account, s.stream): s for s in statuses}
+    keys = sorted({(c.account, c.stream) for c in checkpoints} | set(by_key))
+    cps = {(c.account, c.stream): c for c in checkpoints}
+    views = []
+    for account, stream in keys:
+        cp = cps.get((account, stream))
+        st = by_key.get((account, stream))
+        views.append(
+            StreamView(
+                account=account,
+                stream=stream,
+                checkpoint_at=cp.updated_at if cp else None,
+                newest_event=newest.get(stream) or (cp.newest_event_time if cp else None),
+                rows=rows.get(stream, 0),
+                last_success=st.last_success if st else None,
+                last_error=st.last_error if st else None,
+                last_error_at=st.last_error_at if st else None,
+                lag_seconds=st.lag_seconds if st else None,
+            )
+        )
+    return views
+
+
+def _age(moment: datetime | None, now: datetime) -> str:
+    return "-" if moment is None else format_duration(now - moment) + " ago"
+
+
+def _json(view: StreamView, now: datetime) -> dict[str, Any]:
+    def t(m: datetime | None) -> str | None:
+        return format_rfc3339(m) if m else None
+
+    return {
+        "account": view.account,
+        "stream": view.stream,
+        "checkpoint_at": t(view.checkpoint_at),
+        "checkpoint_age_seconds": int((now - view.checkpoint_at).total_seconds())
+        if view.checkpoint_at
+        else None,
+        "newest_event": t(view.newest_event),
+        "rows": view.rows,
+        "last_success": t(view.last_success),
+        "last_error": view.last_error,
+        "last_error_at": t(view.last_error_at),
+        "lag_seconds": view.lag_seconds,
+    }
+
+
+def print_status(settings: Settings, output_format: str) -> None:
+    now = datetime.now(UTC)
+    views = collect(settings)
+    if output_format == "json":
+        sys.stdout.write(
+            orjson.dumps([_json(v, now) for v in views], option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+        return
+    if not views:
+        print("no stream has run yet")
+        return
+    table = Table(title=None, show_lines=False)
+    for header in ("stream", "checkpoint", "newest event", "rows", "last success", "last error"):
+        table.add_column(header)
+    for v in views:
+        error = f"{v.last_error} ({_age(v.last_error_at, now)})" if v.last_error else "-"
+        table.add_row(
+            v.stream,
+            _age(v.checkpoint_at, now),
+            format_rfc3339(v.newest_event) if v.newest_event else "-",
+            f"{v.rows:,}",
+            _age(v.last_success, now),
+            error,
+        )
+    Console(width=max(120, Console().width)).print(table)
+    accounts = sorted({v.account for v in views})
+    print(f"account{'s' if len(accounts) > 1 else ''}: {', '.join(accounts)}")
