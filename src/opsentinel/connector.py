@@ -21,6 +21,7 @@ from opsentinel.pipeline import Pipeline, StreamResult
 from opsentinel.source.baseurl import base_url_from_token, validate_base_url
 from opsentinel.source.client import EventsClient
 from opsentinel.source.ratelimit import RateLimiter
+from opsentinel.source.retry import STARTUP_RETRY, RetryPolicy
 from opsentinel.source.token import ApiToken
 from opsentinel.streams import STREAMS, StreamSpec, get_stream
 from opsentinel.telemetry import Telemetry
@@ -33,6 +34,13 @@ REGIONS = {
     "events.1password.ca": "1password.ca (Canada)",
     "events.1password.eu": "1password.eu (EU)",
 }
+
+# The retry policies `Connector.start` uses when it is given none: for event pages, and for the
+# start-up introspect call. Module-level, not settings: users have no reason to tune them, while an
+# embedding application or a test can (tests/e2e make them fast so fault tests never wait seconds).
+# Read at each `start()`, so replacing them takes effect for the next connector.
+RETRY_POLICY: RetryPolicy = RetryPolicy()
+STARTUP_RETRY_POLICY: RetryPolicy = STARTUP_RETRY
 
 
 def resolve_base_url(settings: Settings, token: ApiToken) -> str:
@@ -85,10 +93,26 @@ class Connector:
         *,
         verify: object = True,
         destination: Destination | None = None,
+        limiter: RateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        startup_retry: RetryPolicy | None = None,
     ) -> Connector:
+        """Validate the base URL and token (introspect), choose streams, open the destination.
+
+        `limiter` defaults to one RateLimiter for this token (the API's per-minute and per-hour
+        budgets); `retry` (pages) and `startup_retry` (introspect) to the module's RETRY_POLICY and
+        STARTUP_RETRY_POLICY. Tests and benchmarks pass their own.
+        """
         token = settings.api_token()
         base_url = resolve_base_url(settings, token)
-        client = EventsClient(base_url, token, limiter=RateLimiter(), verify=verify)  # type: ignore[arg-type]
+        client = EventsClient(
+            base_url,
+            token,
+            limiter=limiter if limiter is not None else RateLimiter(),
+            retry=retry if retry is not None else RETRY_POLICY,
+            startup_retry=startup_retry if startup_retry is not None else STARTUP_RETRY_POLICY,
+            verify=verify,  # type: ignore[arg-type]
+        )
         await client.__aenter__()
         try:
             info = await client.introspect()

@@ -1,10 +1,14 @@
 """The loop: fetch a page -> hand it to the sink -> on ack commit the checkpoint, in order.
 
-One `Pipeline` serves one account. `drain_stream` follows one stream's cursor until the API says
-`has_more: false`; `poll_cycle` drains every stream once, concurrently (a serverless timer can call
-it on its own). Fetching runs ahead of delivery by a few pages; checkpoints are committed strictly in
-page order and only after the sink accepted the page (with the rows, in one transaction, when the sink
-is transactional).
+One `Pipeline` serves one account. `drain_stream` brings one stream up to date: it follows the
+stream's live cursor until the API says `has_more: false` and, on a first run, pages the history
+in concurrent time slices (see `backfill`). `poll_cycle` drains every stream once, concurrently (a
+serverless timer can call it on its own).
+
+Commit after ack: a page's checkpoint is committed only after the sink accepted the page (with the
+rows, in one transaction, when the sink is transactional), and a chain's checkpoints are committed
+in page order. All chains of a stream share one checkpoint record; its commits are serialised by a
+per-stream lock and each one applies only its own chain's change to the latest committed value.
 """
 
 from __future__ import annotations
@@ -13,19 +17,24 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from opsentinel.errors import CursorRejected, OpSentinelError
+from opsentinel.backfill import PAD, BackfillPlan, Slice, make_plan, split_point
+from opsentinel.errors import CursorRejected, OpSentinelError, StoreError
 from opsentinel.sinks.base import Batch, Sink
 from opsentinel.source.client import EventsClient
 from opsentinel.source.paging import CursorPager, Page
 from opsentinel.state import Checkpoint, CheckpointStore
 from opsentinel.streams import HEALTH_LOG_SOURCE, StreamSpec
 from opsentinel.telemetry import EventsRejected, PageDelivered, StreamDrained, StreamFailed, Telemetry
+from opsentinel.timefmt import parse_rfc3339
 
 log = logging.getLogger("opsentinel.pipeline")
+
+Update = Callable[[Checkpoint], Checkpoint]
+"""A chain's change to the stream checkpoint, applied to the latest committed value."""
 
 
 @dataclass
@@ -39,28 +48,123 @@ class StreamResult:
     newest: datetime | None = None
     error: str | None = None
 
-    def add(self, page: Page, delivered: int) -> None:
+    def add(self, oldest: datetime | None, newest: datetime | None, delivered: int) -> None:
         self.pages += 1
         self.events += delivered
-        for event_time in (page.oldest_timestamp, page.newest_timestamp):
-            if event_time is None:
+        for moment in (oldest, newest):
+            if moment is None:
                 continue
-            if self.oldest is None or event_time < self.oldest:
-                self.oldest = event_time
-            if self.newest is None or event_time > self.newest:
-                self.newest = event_time
-
-
-@dataclass
-class _Pending:
-    """A page on its way to the sink, with the checkpoint its delivery earns."""
-
-    page: Page
-    events: list[Mapping[str, Any]]
-    checkpoint: Checkpoint
+            if self.oldest is None or moment < self.oldest:
+                self.oldest = moment
+            if self.newest is None or moment > self.newest:
+                self.newest = moment
 
 
 ProgressHook = Callable[[str, StreamResult], None]
+
+
+@dataclass
+class _Delivery:
+    """Events of one page on their way to the sink, with the checkpoint change their ack earns."""
+
+    stream: str
+    events: Sequence[Mapping[str, Any]]
+    update: Update
+    oldest: datetime | None
+    newest: datetime | None
+    rejected: int
+    has_more: bool
+    changes_cursor: bool
+    plan_update: Callable[[BackfillPlan], BackfillPlan] | None = None
+
+
+def _span(events: Sequence[Mapping[str, Any]]) -> tuple[datetime | None, datetime | None]:
+    times = [_time(e) for e in events]
+    known = [t for t in times if t is not None]
+    return (min(known), max(known)) if known else (None, None)
+
+
+def _time(event: Mapping[str, Any]) -> datetime | None:
+    try:
+        return parse_rfc3339(event["timestamp"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+class _StreamRun:
+    """One drain of one stream: the committed checkpoint, its lock, and the result so far."""
+
+    def __init__(self, pipeline: Pipeline, spec: StreamSpec, committed: Checkpoint) -> None:
+        self.pipeline = pipeline
+        self.spec = spec
+        self.committed = committed
+        self.lock = asyncio.Lock()
+        self.result = StreamResult(spec.name)
+        self.plan: BackfillPlan | None = None
+        if committed.backfill:
+            try:
+                self.plan = BackfillPlan.from_dict(committed.backfill)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreError(f"the stored backfill plan of {spec.name} is unreadable: {exc}") from None
+
+    async def commit(self, delivery: _Delivery, *, written: bool) -> None:
+        """Commit `delivery`'s change (and, for a transactional sink, its rows) after the sink's ack."""
+        p = self.pipeline
+        async with self.lock:
+            target = delivery.update(self.committed)
+            if delivery.plan_update is not None and self.plan is not None:
+                # A slice's progress enters the plan only with its own commit, never with another's.
+                self.plan = delivery.plan_update(self.plan)
+            snapshot = self.plan
+            if snapshot is not None:
+                target = replace(target, backfill=None if snapshot.finished else snapshot.to_dict())
+            target = replace(target, version=self.committed.version)
+            nothing_new = not delivery.events and not delivery.changes_cursor
+            if nothing_new and target.backfill == self.committed.backfill:
+                pass  # an empty poll: no transaction needed
+            elif p.sink.transactional:
+                batch = Batch(delivery.stream, delivery.events, p.clock())
+                stored = await asyncio.to_thread(p.sink.write, batch, target)
+                assert stored is not None, "a transactional sink returns the stored checkpoint"
+                self.committed = stored
+            else:
+                assert written or not delivery.events
+                self.committed = await asyncio.to_thread(p.store.commit, target)
+            if snapshot is not None and snapshot.finished:
+                self.plan = None  # the commit that stored "no plan" has happened
+        self.result.add(delivery.oldest, delivery.newest, len(delivery.events))
+        p.telemetry.page_delivered(
+            PageDelivered(
+                self.spec.name,
+                len(delivery.events),
+                delivery.rejected,
+                delivery.newest,
+                delivery.has_more,
+                self.committed.events_delivered,
+            )
+        )
+        if p.on_progress is not None:
+            p.on_progress(self.spec.name, self.result)
+
+    def write_rows(self, delivery: _Delivery) -> None:
+        """Non-transactional sinks: hand the rows over (blocking; runs in a worker thread)."""
+        if delivery.events:
+            p = self.pipeline
+            p.sink.write(Batch(delivery.stream, delivery.events, p.clock()), None)
+
+    def report_rejected(self, page: Page) -> None:
+        if page.rejected:
+            self.pipeline.telemetry.events_rejected(
+                EventsRejected(self.spec.name, len(page.rejected), page.rejected[0].reason)
+            )
 
 
 @dataclass
@@ -69,8 +173,9 @@ class Pipeline:
 
     `store` is the checkpoint store; for a transactional sink it is the sink itself. `first_start`
     is where a stream with no checkpoint begins. `read_ahead` bounds the pages fetched but not yet
-    delivered per stream (and so memory); `max_in_flight` bounds concurrent deliveries per stream
-    for non-transactional sinks.
+    delivered on the live chain (and so memory); `max_in_flight` bounds concurrent deliveries of the
+    live chain for non-transactional sinks; `backfill_workers` is how many history slices are paged
+    at once on a first run (0 disables slicing).
     """
 
     client: EventsClient
@@ -81,23 +186,31 @@ class Pipeline:
     telemetry: Telemetry = field(default_factory=Telemetry)
     read_ahead: int = 4
     max_in_flight: int = 4
+    backfill_workers: int = 8
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     on_progress: ProgressHook | None = None
 
     async def poll_cycle(
         self, streams: Sequence[StreamSpec], stop: asyncio.Event | None = None
     ) -> list[StreamResult]:
-        """Drain every stream once, concurrently; then write health rows if any are due."""
+        """Drain every stream once, concurrently."""
         stop = stop or asyncio.Event()
         results = await asyncio.gather(*(self.drain_stream(s, stop) for s in streams))
         return list(results)
 
     async def drain_stream(self, spec: StreamSpec, stop: asyncio.Event) -> StreamResult:
-        """Follow `spec`'s cursor until has_more is false (or `stop` is set). Never raises for API or
-        sink trouble: the error is reported to telemetry and returned in the result."""
+        """Bring `spec` up to date (live chain drained, backfill slices done) or stop when `stop`
+        is set. Never raises for API or sink trouble: the error is reported to telemetry and
+        returned in the result; what was committed before it stays committed."""
         result = StreamResult(spec.name)
         try:
-            await self._drain(spec, stop, result)
+            committed = await asyncio.to_thread(self.store.read, self.account, spec.name)
+            run = _StreamRun(self, spec, committed or self._first_checkpoint(spec))
+            result = run.result
+            chains = [self._live_chain(run, stop)]
+            if run.plan is not None:
+                chains.append(self._backfill(run, stop))
+            await _gather_or_cancel(chains)
         except OpSentinelError as exc:
             result.error = str(exc)
             self.telemetry.stream_failed(StreamFailed(spec.name, str(exc), None))
@@ -107,91 +220,92 @@ class Pipeline:
         )
         return result
 
-    async def _drain(self, spec: StreamSpec, stop: asyncio.Event, result: StreamResult) -> None:
-        committed = await asyncio.to_thread(self.store.read, self.account, spec.name)
-        if committed is None:
-            committed = Checkpoint(self.account, spec.name)
-        queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=self.read_ahead)
-        fetcher = asyncio.create_task(self._fetch(spec, committed, queue, stop))
+    def _first_checkpoint(self, spec: StreamSpec) -> Checkpoint:
+        plan = make_plan(self.first_start, self.clock(), slices=self.backfill_workers)
+        if plan is None or self.backfill_workers < 1:
+            return Checkpoint(self.account, spec.name)
+        log.info(
+            "stream=%s first run: reading history in %d slices, %d at a time",
+            spec.name,
+            len(plan.slices),
+            self.backfill_workers,
+        )
+        return Checkpoint(self.account, spec.name, backfill=plan.to_dict())
+
+    # The live chain: the stream's persistent cursor -------------------------------------------
+
+    async def _live_chain(self, run: _StreamRun, stop: asyncio.Event) -> None:
+        queue: asyncio.Queue[_Delivery | None] = asyncio.Queue(maxsize=self.read_ahead)
+        fetcher = asyncio.create_task(self._fetch_live(run, queue, stop))
         try:
-            await self._deliver(spec, committed, queue, result)
+            await self._deliver_in_order(run, queue)
         finally:
             if not fetcher.done():
                 fetcher.cancel()
-            # Surface the fetcher's error (if any) after delivering what it fetched.
             try:
                 await fetcher
             except asyncio.CancelledError:
                 pass
 
-    async def _fetch(
-        self,
-        spec: StreamSpec,
-        committed: Checkpoint,
-        queue: asyncio.Queue[_Pending | None],
-        stop: asyncio.Event,
+    async def _fetch_live(
+        self, run: _StreamRun, queue: asyncio.Queue[_Delivery | None], stop: asyncio.Event
     ) -> None:
         try:
-            await self._fetch_pages(spec, committed, queue, stop)
+            await self._fetch_live_pages(run, queue, stop)
         finally:
             await queue.put(None)
 
-    async def _fetch_pages(
-        self,
-        spec: StreamSpec,
-        committed: Checkpoint,
-        queue: asyncio.Queue[_Pending | None],
-        stop: asyncio.Event,
+    async def _fetch_live_pages(
+        self, run: _StreamRun, queue: asyncio.Queue[_Delivery | None], stop: asyncio.Event
     ) -> None:
+        committed = run.committed
+        live_start = run.plan.live_start if run.plan is not None else None
         if committed.cursor:
             pager = CursorPager.resume(committed.cursor)
+        elif live_start is not None:
+            pager = CursorPager.reset(live_start - PAD)
         else:
             pager = CursorPager.reset(self.first_start)
-        ahead = committed
-        skip_uuids: set[str] = set()
+        newest = committed.newest_event_time
         while True:
-            request = pager.next_request()
             try:
-                page = await self.client.fetch_page(spec, request)
+                page = await self.client.fetch_page(run.spec, pager.next_request())
             except CursorRejected as exc:
-                restart = ahead.newest_event_time or self.first_start
+                restart = newest or live_start or self.first_start
                 log.warning(
                     "stream=%s the API rejected the stored cursor (%s); restarting from %s",
-                    spec.name,
+                    run.spec.name,
                     exc,
                     restart.isoformat(),
                 )
                 pager = CursorPager.reset(restart)
-                skip_uuids = set()
                 continue
             pager.update(page)
-            events = (
-                [e for e in page.events if e.get("uuid") not in skip_uuids] if skip_uuids else page.events
-            )
-            if page.rejected:
-                self.telemetry.events_rejected(
-                    EventsRejected(spec.name, len(page.rejected), page.rejected[0].reason)
+            run.report_rejected(page)
+            events: Sequence[Mapping[str, Any]] = page.events
+            if live_start is not None and run.plan is not None:
+                # While history is being sliced, events before live_start belong to a slice.
+                events = [e for e in events if (t := _time(e)) is None or t >= live_start]
+            oldest, page_newest = _span(events)
+            newest = _later(newest, page_newest)
+            await queue.put(
+                _Delivery(
+                    run.spec.name,
+                    events,
+                    _live_update(page.cursor, page_newest, len(events)),
+                    oldest,
+                    page_newest,
+                    len(page.rejected),
+                    page.has_more,
+                    changes_cursor=page.cursor != committed.cursor,
                 )
-            newest = ahead.newest_event_time
-            if page.newest_timestamp is not None and (newest is None or page.newest_timestamp > newest):
-                newest = page.newest_timestamp
-            ahead = ahead.advanced(
-                cursor=page.cursor,
-                newest_event_time=newest,
-                events_delivered=ahead.events_delivered + len(events),
             )
-            await queue.put(_Pending(page, list(events), ahead))
+            committed = replace(committed, cursor=page.cursor)
             if pager.drained or stop.is_set():
                 return
 
-    async def _deliver(
-        self,
-        spec: StreamSpec,
-        committed: Checkpoint,
-        queue: asyncio.Queue[_Pending | None],
-        result: StreamResult,
-    ) -> None:
-        in_flight: deque[tuple[_Pending, asyncio.Task[Any]]] = deque()
+    async def _deliver_in_order(self, run: _StreamRun, queue: asyncio.Queue[_Delivery | None]) -> None:
+        in_flight: deque[tuple[_Delivery, asyncio.Future[None]]] = deque()
         limit = 1 if self.sink.transactional else max(1, self.max_in_flight)
         try:
             while True:
@@ -199,61 +313,118 @@ class Pipeline:
                 if item is None:
                     break
                 if self.sink.transactional:
-                    committed = await self._write_transactional(item, committed)
-                    self._delivered(item, result)
+                    await run.commit(item, written=False)
                     continue
-                task = asyncio.ensure_future(asyncio.to_thread(self._write_only, item))
-                in_flight.append((item, task))
+                in_flight.append((item, asyncio.ensure_future(asyncio.to_thread(run.write_rows, item))))
                 while len(in_flight) >= limit or (in_flight and in_flight[0][1].done()):
-                    committed = await self._commit_head(in_flight, committed, result)
+                    await self._commit_head(run, in_flight)
             while in_flight:
-                committed = await self._commit_head(in_flight, committed, result)
+                await self._commit_head(run, in_flight)
         finally:
             for _, task in in_flight:
                 task.cancel()
 
-    async def _write_transactional(self, item: _Pending, committed: Checkpoint) -> Checkpoint:
-        if not item.events and item.checkpoint.cursor == committed.cursor:
-            return committed  # nothing new: no transaction needed
-        target = item.checkpoint.advanced(version=committed.version)
-        batch = Batch(item.page.stream, item.events, self.clock())
-        stored = await asyncio.to_thread(self.sink.write, batch, target)
-        assert stored is not None, "a transactional sink returns the stored checkpoint"
-        return stored
-
-    def _write_only(self, item: _Pending) -> None:
-        if item.events:
-            self.sink.write(Batch(item.page.stream, item.events, self.clock()), None)
-
-    async def _commit_head(
-        self,
-        in_flight: deque[tuple[_Pending, asyncio.Task[Any]]],
-        committed: Checkpoint,
-        result: StreamResult,
-    ) -> Checkpoint:
+    @staticmethod
+    async def _commit_head(run: _StreamRun, in_flight: deque[tuple[_Delivery, asyncio.Future[None]]]) -> None:
         item, task = in_flight[0]
         await task  # raises if the sink refused the page: nothing after it is committed
         in_flight.popleft()
-        if item.events or item.checkpoint.cursor != committed.cursor:
-            target = item.checkpoint.advanced(version=committed.version)
-            committed = await asyncio.to_thread(self.store.commit, target)
-        self._delivered(item, result)
-        return committed
+        await run.commit(item, written=True)
 
-    def _delivered(self, item: _Pending, result: StreamResult) -> None:
-        result.add(item.page, len(item.events))
-        self.telemetry.page_delivered(
-            PageDelivered(
-                item.page.stream,
-                len(item.events),
-                len(item.page.rejected),
-                item.page.newest_timestamp,
-                item.page.has_more,
-                item.checkpoint.events_delivered,
+    # Backfill: history in concurrent slices ---------------------------------------------------
+
+    async def _backfill(self, run: _StreamRun, stop: asyncio.Event) -> None:
+        assert run.plan is not None
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for s in run.plan.pending():
+            queue.put_nowait(s.id)
+        busy: dict[int, bool] = {}  # slice id -> last page was full (has_more)
+        idle = asyncio.Event()
+        workers = [
+            asyncio.create_task(self._slice_worker(run, queue, busy, idle, stop))
+            for _ in range(max(1, self.backfill_workers))
+        ]
+        await _gather_or_cancel(workers)
+
+    async def _slice_worker(
+        self,
+        run: _StreamRun,
+        queue: asyncio.Queue[int],
+        busy: dict[int, bool],
+        idle: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
+        while not stop.is_set():
+            try:
+                slice_id = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                if not busy:
+                    return  # nothing queued, nothing running: the backfill is done
+                idle.set()  # ask a busy slice to hand over half of what it has left
+                await asyncio.sleep(0.05)
+                continue
+            busy[slice_id] = False
+            try:
+                await self._page_slice(run, slice_id, queue, busy, idle, stop)
+            finally:
+                busy.pop(slice_id, None)
+
+    async def _page_slice(
+        self,
+        run: _StreamRun,
+        slice_id: int,
+        queue: asyncio.Queue[int],
+        busy: dict[int, bool],
+        idle: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
+        assert run.plan is not None
+        current = run.plan.get(slice_id)
+        pager = CursorPager.resume(current.cursor) if current.cursor else CursorPager(**_reset_args(current))
+        while not stop.is_set():
+            try:
+                page = await self.client.fetch_page(run.spec, pager.next_request())
+            except CursorRejected:
+                current = run.plan.get(slice_id)
+                restart = replace(current, start=current.progress or current.start)
+                log.warning(
+                    "stream=%s slice %d: cursor rejected; restarting the slice", run.spec.name, slice_id
+                )
+                pager = CursorPager(**_reset_args(restart))
+                continue
+            pager.update(page)
+            run.report_rejected(page)
+            new_slice: Slice | None = None
+            if idle.is_set() and page.has_more:
+                at = split_point(run.plan.get(slice_id))
+                if at is not None:
+                    idle.clear()
+                    run.plan, new_slice = run.plan.split(slice_id, at)
+                    log.debug("stream=%s slice %d split at %s", run.spec.name, slice_id, at.isoformat())
+            current = run.plan.get(slice_id)
+            events = [e for e in page.events if (t := _time(e)) is not None and current.owns(t)]
+            past_end = any((t := _time(e)) is not None and t >= current.end for e in page.events)
+            done = pager.drained or past_end
+            oldest, newest = _span(events)
+            delivery = _Delivery(
+                run.spec.name,
+                events,
+                _slice_update(newest, len(events)),
+                oldest,
+                newest,
+                len(page.rejected),
+                page.has_more,
+                changes_cursor=True,
+                plan_update=_slice_progress(slice_id, page.cursor, newest, done),
             )
-        )
-        if self.on_progress is not None:
-            self.on_progress(item.page.stream, result)
+            if not self.sink.transactional:
+                await asyncio.to_thread(run.write_rows, delivery)
+            await run.commit(delivery, written=True)
+            busy[slice_id] = page.has_more
+            if new_slice is not None:
+                queue.put_nowait(new_slice.id)
+            if done:
+                return
 
     async def write_health(self) -> None:
         """Write one `healthevents` row per stream. A failure is logged, never raised: health rows are
@@ -265,3 +436,52 @@ class Pipeline:
             await asyncio.to_thread(self.sink.write, Batch(HEALTH_LOG_SOURCE, records, self.clock()), None)
         except OpSentinelError as exc:
             log.warning("could not write health rows: %s", exc)
+
+
+def _reset_args(s: Slice) -> dict[str, Any]:
+    return {"start_time": s.start - PAD, "end_time": s.end + PAD}
+
+
+def _live_update(cursor: str, newest: datetime | None, count: int) -> Update:
+    def apply(cp: Checkpoint) -> Checkpoint:
+        return replace(
+            cp,
+            cursor=cursor,
+            newest_event_time=_later(cp.newest_event_time, newest),
+            events_delivered=cp.events_delivered + count,
+        )
+
+    return apply
+
+
+def _slice_update(newest: datetime | None, count: int) -> Update:
+    def apply(cp: Checkpoint) -> Checkpoint:
+        return replace(
+            cp,
+            newest_event_time=_later(cp.newest_event_time, newest),
+            events_delivered=cp.events_delivered + count,
+        )
+
+    return apply
+
+
+def _slice_progress(
+    slice_id: int, cursor: str, newest: datetime | None, done: bool
+) -> Callable[[BackfillPlan], BackfillPlan]:
+    def apply(plan: BackfillPlan) -> BackfillPlan:
+        s = plan.get(slice_id)
+        return plan.with_slice(replace(s, cursor=cursor, progress=_later(s.progress, newest), done=done))
+
+    return apply
+
+
+async def _gather_or_cancel(coros: Sequence[Any]) -> None:
+    """Run concurrently; the first failure cancels the rest (after they stop) and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
