@@ -83,8 +83,9 @@ def _say(**fields: Any) -> None:
     print(json.dumps(fields, default=str), flush=True)
 
 
-def _writer(path: str, seconds: str, batch: str) -> None:
-    """Write batches with a checkpoint each for `seconds` (0 = until killed); report each commit."""
+def _writer(path: str, seconds: str, batch: str, stop_file: str = "") -> None:
+    """Write batches with a checkpoint each for `seconds` (0 = until killed) or until `stop_file`
+    exists; report each commit."""
     from opsentinel.sinks.base import Batch
     from opsentinel.sinks.duckdb import DuckDBStore
     from opsentinel.state import Checkpoint
@@ -95,7 +96,7 @@ def _writer(path: str, seconds: str, batch: str) -> None:
     end = time.monotonic() + float(seconds) if float(seconds) else float("inf")
     _say(ready=True)
     k = cp.events_delivered // size
-    while time.monotonic() < end:
+    while time.monotonic() < end and not (stop_file and os.path.exists(stop_file)):
         events = make_events("auditevents", size, start=k * size)
         cp = (
             store.write(
@@ -109,18 +110,17 @@ def _writer(path: str, seconds: str, batch: str) -> None:
     store.close()
 
 
-def _reader(path: str, seconds: str) -> None:
-    """Open read-only and count rows again and again for `seconds`; report every count."""
+def _reader(path: str, reads: str) -> None:
+    """Open read-only and count rows `reads` times, a moment apart; report every count."""
     from opsentinel.schema import TABLE_NAME
     from opsentinel.store_read import reading
 
-    end = time.monotonic() + float(seconds)
-    while time.monotonic() < end:
+    for _ in range(int(reads)):
         with reading(path, wait=30.0) as con:
-            rows = con.execute(f'SELECT count(*) FROM "{TABLE_NAME}"').fetchall()  # noqa: S608
+            rows = con.execute(f'SELECT count(*) FROM "{TABLE_NAME}"').fetchall()
             cps = con.execute("SELECT events_delivered FROM opsentinel_checkpoints").fetchall()
         _say(rows=rows[0][0], checkpoint=cps[0][0] if cps else 0)
-        time.sleep(0.01)
+        time.sleep(0.1)
 
 
 def _hold(path: str, mode: str) -> None:
@@ -153,8 +153,7 @@ def _limited_write(kind: str, path: str, limit: str) -> None:
             from opsentinel.checkpoints_file import FileCheckpointStore
 
             fstore = FileCheckpointStore(path)
-            current = fstore.read("acct", "auditevents")
-            assert current is not None
+            (current,) = fstore.list()
             fstore.commit(current.advanced(cursor="x" * 10_000))
         else:
             from opsentinel.sinks.jsonl import JsonlSink

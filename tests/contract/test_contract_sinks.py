@@ -33,7 +33,7 @@ class SinkUnderTest:
     def rows(self) -> list[dict[str, Any]]:
         """What the destination holds, each row as {column: JSON-comparable value}."""
         if self.kind == "duckdb":
-            columns, rows = run_query(self.path, f'SELECT * FROM "{TABLE_NAME}" ORDER BY log_source, uuid_s')  # noqa: S608
+            columns, rows = run_query(self.path, f'SELECT * FROM "{TABLE_NAME}" ORDER BY log_source, uuid_s')
             assert [c.name for c in columns] == list(COLUMN_NAMES)
             return [_normal(dict(zip(COLUMN_NAMES, r, strict=True))) for r in rows]
         lines = self.path.read_text().splitlines()

@@ -21,7 +21,7 @@ from opsentinel.state import Checkpoint
 from opsentinel.store_read import open_reader
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
-COUNTS = f'SELECT count(*), count(DISTINCT uuid_s) FROM "{TABLE_NAME}"'  # noqa: S608
+COUNTS = f'SELECT count(*), count(DISTINCT uuid_s) FROM "{TABLE_NAME}"'
 
 
 def stored(path: Path) -> tuple[int, int, int]:
@@ -37,23 +37,25 @@ def stored(path: Path) -> tuple[int, int, int]:
 
 def test_readers_never_fail_while_a_writer_runs(tmp_path: Path) -> None:
     db = tmp_path / "shared.duckdb"
-    writer = spawn("writer", str(db), "4", "200")
+    stop = tmp_path / "stop"
+    writer = spawn("writer", str(db), "60", "200", str(stop))
     assert wait_for_line(writer)["ready"]
-    readers = [spawn("reader", str(db), "3"), spawn("reader", str(db), "3")]
+    wait_for_line(writer)  # the first commit is in
+    readers = [spawn("reader", str(db), "4"), spawn("reader", str(db), "4")]
     outputs = [r.communicate(timeout=60) for r in readers]
-    w_out, w_err = writer.communicate(timeout=60)
+    stop.touch()
+    _, w_err = writer.communicate(timeout=60)
     assert writer.returncode == 0, w_err
-    commits = [line for line in w_out.splitlines() if "committed" in line]
-    assert len(commits) >= 5, "the writer made too little progress while readers ran"
     for reader, (out, err) in zip(readers, outputs, strict=True):
-        assert reader.returncode == 0, err
+        assert reader.returncode == 0, err  # never "busy", never any other error
         seen = [eval_line(line) for line in out.splitlines()]
-        assert len(seen) >= 5, "a reader got too few turns"
+        assert len(seen) == 4
         counts = [s["rows"] for s in seen]
         assert counts == sorted(counts), "a reader saw the row count go down"
         assert all(s["rows"] == s["checkpoint"] for s in seen), "rows and checkpoint out of step"
+        assert counts[0] > 0
     rows, distinct, delivered = stored(db)
-    assert rows == distinct == delivered > 0
+    assert rows == distinct == delivered
 
 
 def eval_line(line: str) -> dict[str, int]:
@@ -154,6 +156,6 @@ def test_plain_duckdb_can_read_the_store(tmp_path: Path) -> None:
     store.write(Batch("itemusages", make_events("itemusages", 2), NOW), Checkpoint("acct", "itemusages"))
     store.close()
     con = duckdb.connect(str(db), read_only=True)
-    got = con.execute(f"""SELECT "user"->>'email', used_version FROM "{TABLE_NAME}" LIMIT 1""").fetchall()  # noqa: S608
+    got = con.execute(f"""SELECT "user"->>'email', used_version FROM "{TABLE_NAME}" LIMIT 1""").fetchall()
     con.close()
     assert got == [("jsmith@example.com", 123)]
