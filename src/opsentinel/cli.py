@@ -7,6 +7,7 @@ any op-sentinel error) is one line on stderr and exit status 2 (1 for a failed r
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -324,7 +325,8 @@ def version() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turning every expected error into one line on stderr."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        # The name users type, whether started as `op-sentinel` or `python -m opsentinel.cli`.
+        result = app(args=argv, standalone_mode=False, prog_name="op-sentinel")
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.Abort:
@@ -333,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors: bad flag, missing argument, bad value
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            print(ctx.get_help())
+            try:
+                print(ctx.get_help(), flush=True)
+            except BrokenPipeError:  # `op-sentinel | head`: the reader has gone, nothing to report
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         print(f"error: {exc.format_message()}{where}", file=sys.stderr)

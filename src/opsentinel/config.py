@@ -205,25 +205,35 @@ def load_settings(
 
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    level: dict[str, int] = {}  # where each value came from: 0 flag, 1 environment, 2 file
     for spec in SPECS:
         if flags.get(spec.name) is not None:
             merged[spec.name] = flags[spec.name]
             origin[spec.name] = "--" + spec.name.replace("_", "-")
+            level[spec.name] = 0
         elif spec.env and env.get(spec.env, "") != "":
             merged[spec.name] = env[spec.env]
             origin[spec.name] = spec.env
+            level[spec.name] = 1
         elif spec.name in file_values:
             merged[spec.name] = file_values[spec.name]
             origin[spec.name] = f"{config_path or DEFAULT_CONFIG_FILE}"
-    # The token itself only from the environment; a token file from flag/env/file.
-    if merged.get("token_file") is None and env.get(TOKEN_ENV):
-        merged["token"] = SecretStr(env[TOKEN_ENV].strip())
-    if flags.get("token_file") is not None:
-        merged.pop("token", None)
+            level[spec.name] = 2
+    # The token itself only from the environment; it is the same setting as the token file, so it
+    # beats a token_file from the TOML file and loses to --token-file (and to OP_SENTINEL_TOKEN_FILE).
+    if env.get(TOKEN_ENV, "").strip():
+        if level.get("token_file") == 2:
+            merged.pop("token_file")
+        if "token_file" not in merged:
+            merged["token"] = SecretStr(env[TOKEN_ENV].strip())
+    # since and lookback are two spellings of one setting (the first-run start): the higher
+    # precedence wins; both at the same level is an error.
     if merged.get("since") is not None and merged.get("lookback") is not None:
-        raise ConfigError(
-            f"give either since ({origin['since']}) or lookback ({origin['lookback']}), not both"
-        )
+        if level["since"] == level["lookback"]:
+            raise ConfigError(
+                f"give either since ({origin['since']}) or lookback ({origin['lookback']}), not both"
+            )
+        merged.pop("lookback" if level["since"] < level["lookback"] else "since")
     try:
         settings = Settings(**merged)
     except ValidationError as exc:

@@ -114,6 +114,7 @@ class Connector:
             verify=verify,  # type: ignore[arg-type]
         )
         await client.__aenter__()
+        dest: Destination | None = None
         try:
             info = await client.introspect()
             streams, skipped = select_streams(settings.streams, list(info.features))
@@ -129,8 +130,6 @@ class Connector:
             dest = destination or open_destination(settings)
             now = datetime.now(UTC)
             first_start, clamp_warning = settings.first_run_start(now)
-            if clamp_warning and settings.start_was_given:
-                log.warning(clamp_warning)
             telemetry = Telemetry(account=account)
             pipeline = Pipeline(
                 client=client,
@@ -140,20 +139,24 @@ class Connector:
                 first_start=first_start,
                 telemetry=telemetry,
             )
+            connector = cls(settings, base_url, client, info, streams, skipped, dest, pipeline)
+            await connector._warn_about_start(clamp_warning)
         except BaseException:
             await client.__aexit__(None, None, None)
+            if dest is not None and destination is None:
+                dest.close()
             raise
-        connector = cls(settings, base_url, client, info, streams, skipped, dest, pipeline)
-        await connector._warn_unused_start()
         return connector
 
-    async def _warn_unused_start(self) -> None:
+    async def _warn_about_start(self, clamp_warning: str | None) -> None:
+        """One warning when --since/--lookback is not used (streams that continue a checkpoint), and
+        the 120-day clamp warning only when some stream does start from it."""
         if not self.settings.start_was_given:
             return
         resumed = []
         for spec in self.streams:
             cp = await asyncio.to_thread(self.destination.store.read, self.account, spec.name)
-            if cp is not None and cp.cursor:
+            if cp is not None and (cp.cursor or cp.backfill):
                 resumed.append(spec.name)
         if resumed:
             log.warning(
@@ -161,6 +164,8 @@ class Connector:
                 "(to read history again, use a fresh --db or state directory)",
                 ", ".join(resumed),
             )
+        if clamp_warning and len(resumed) < len(self.streams):
+            log.warning(clamp_warning)
 
     async def close(self) -> None:
         await self.client.__aexit__(None, None, None)

@@ -7,6 +7,7 @@ JSONL sinks keep checkpoints and status as files in the state directory (`--stat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opsentinel.config import Settings
@@ -49,11 +50,27 @@ class Destination:
         self.sink.close()
 
 
+def _make_parent_dirs(path: Path) -> None:
+    """Create the missing directories above `path` (owner-only, like the store files), so that
+    `--db data/events.duckdb` works on a first run instead of failing at the first write."""
+    missing = []
+    current = path.absolute().parent
+    while not current.exists() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the directory for --db {path}: {exc.strerror or exc}") from exc
+
+
 def open_destination(settings: Settings, **sink_options: Any) -> Destination:
     """Build the destination `settings.sink` names. ConfigError when its settings are incomplete."""
     if settings.sink == "duckdb":
         from opsentinel.sinks.duckdb import DuckDBStore
 
+        _make_parent_dirs(settings.db)
         store = DuckDBStore(settings.db)
         return Destination(store, store, store, f"duckdb {settings.db}")
 
@@ -63,6 +80,7 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
     if settings.sink == "jsonl":
         from opsentinel.sinks.jsonl import JsonlSink
 
+        files.ensure_writable()  # now, not after the first delivery (see ensure_writable)
         return Destination(JsonlSink(settings.jsonl_path), files, files, f"jsonl {settings.jsonl_path}")
 
     missing = [flag for flag, value in (("--dce", settings.dce), ("--dcr-id", settings.dcr_id)) if not value]
@@ -72,6 +90,7 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
         )
     from opsentinel.sinks.sentinel import SentinelSink
 
+    files.ensure_writable()
     sink = SentinelSink(
         str(settings.dce),
         str(settings.dcr_id),

@@ -120,12 +120,14 @@ class _StreamRun:
         p = self.pipeline
         async with self.lock:
             target = delivery.update(self.committed)
-            if delivery.plan_update is not None and self.plan is not None:
-                # A slice's progress enters the plan only with its own commit, never with another's.
-                self.plan = delivery.plan_update(self.plan)
-            snapshot = self.plan
-            if snapshot is not None:
-                target = replace(target, backfill=None if snapshot.finished else snapshot.to_dict())
+            # A slice's progress enters the plan only with its own successful commit: the plan this
+            # commit stores is computed here, and becomes the working plan only once it is stored.
+            # (Splits change the working plan meanwhile; re-applying the update keeps them.)
+            planned = self.plan
+            if delivery.plan_update is not None and planned is not None:
+                planned = delivery.plan_update(planned)
+            if planned is not None:
+                target = replace(target, backfill=None if planned.finished else planned.to_dict())
             target = replace(target, version=self.committed.version)
             nothing_new = not delivery.events and not delivery.changes_cursor
             if nothing_new and target.backfill == self.committed.backfill:
@@ -138,8 +140,10 @@ class _StreamRun:
             else:
                 assert written or not delivery.events
                 self.committed = await asyncio.to_thread(p.store.commit, target)
-            if snapshot is not None and snapshot.finished:
+            if planned is not None and planned.finished:
                 self.plan = None  # the commit that stored "no plan" has happened
+            elif delivery.plan_update is not None and self.plan is not None:
+                self.plan = delivery.plan_update(self.plan)
         self.result.add(delivery.oldest, delivery.newest, len(delivery.events))
         p.telemetry.page_delivered(
             PageDelivered(

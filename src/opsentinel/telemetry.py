@@ -118,8 +118,10 @@ class Telemetry:
     def stream_drained(self, ev: StreamDrained) -> None:
         h = self._stream(ev.stream)
         if h.failing:
-            self._changed = True
             log.info("stream=%s recovered", ev.stream)
+        if h.failing or h.last_success is None:
+            # starting -> healthy and failing -> healthy both call for a health row now (health.md).
+            self._changed = True
         h.failing = False
         h.last_success = self.clock()
         log.info(
@@ -145,7 +147,8 @@ class Telemetry:
         log.warning("stream=%s rejected %d malformed event(s): %s", ev.stream, ev.count, ev.reason)
 
     def take_changed(self) -> bool:
-        """True once after any stream changed between healthy and failing (health row due now)."""
+        """True once after any stream's category changed (its first poll finished, or it turned
+        failing or healthy again): a health row is due now."""
         changed, self._changed = self._changed, False
         return changed
 

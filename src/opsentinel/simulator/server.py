@@ -26,6 +26,7 @@ from typing import Any, Self
 from opsentinel.simulator.app import Delivery, Request, RequestRecord, Response, SimulatorApp
 from opsentinel.simulator.config import SimulatorConfig
 from opsentinel.simulator.faults import FaultPlan
+from opsentinel.simulator.rfc3339 import NS
 
 log = logging.getLogger("opsentinel.simulator")
 
@@ -57,6 +58,11 @@ class _HTTPServer(ThreadingHTTPServer):
         with self.connections_lock:
             self.connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops its connection (a cancelled request, Ctrl-C) is normal, not a crash:
+        log it at debug instead of printing socketserver's traceback."""
+        log.debug("connection from %s ended abruptly", client_address, exc_info=True)
 
     def close_connections(self) -> None:
         with self.connections_lock:
@@ -163,6 +169,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are recorded by the app; `verbose` logs them through `logging`
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header from the simulator's clock (which tests may fake or skew), as a real
+        server's own clock would give it."""
+        if timestamp is None:
+            timestamp = self.server.app.clock() / NS
+        return super().date_time_string(timestamp)
 
 
 class SimulatorServer:
