@@ -104,6 +104,29 @@ class FileCheckpointStore:
                 out.append(self._checkpoint(data, path))
         return sorted(out, key=lambda c: (c.account, c.stream))
 
+    def ensure_writable(self) -> None:
+        """Create the state directory (0700) if needed and prove files can be written in it.
+
+        For a run to call before it delivers anything: a sink that is not transactional commits the
+        checkpoint only after the delivery, so a state directory found unwritable only then would
+        have the same events delivered again on every retry. StoreError (one line) otherwise.
+        """
+        for root in (self._checkpoints, self._status):
+            try:
+                _make_private_dirs(root)
+                probe = root / f".probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.write(fd, b"{}\n")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    probe.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot write the state directory {self.state_dir}: {_reason(exc)}"
+                ) from exc
+
     # StatusStore -------------------------------------------------------------------------------
 
     def write_status(self, status: StreamStatus) -> None:
