@@ -116,6 +116,14 @@ HealthOpt = Annotated[
         help="How often health rows are written, e.g. 15m [env OP_SENTINEL_HEALTH_INTERVAL; default 15m]",
     ),
 ]
+BackfillOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--backfill-workers",
+        help="History slices paged at once on a stream's first run; 0 reads history with one cursor "
+        "[env OP_SENTINEL_BACKFILL_WORKERS; default 8]",
+    ),
+]
 CustomHostOpt = Annotated[
     bool | None,
     typer.Option(
@@ -207,6 +215,7 @@ def run(
     state: StateOpt = None,
     poll_interval: PollOpt = None,
     health_interval: HealthOpt = None,
+    backfill_workers: BackfillOpt = None,
     allow_custom_host: CustomHostOpt = None,
     log_level: LogLevelOpt = None,
     progress: Annotated[
@@ -236,6 +245,7 @@ def run(
         state=state,
         poll_interval=poll_interval,
         health_interval=health_interval,
+        backfill_workers=backfill_workers,
         allow_custom_host=allow_custom_host,
         log_level=log_level,
     )

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from opsentinel.errors import ConfigError
 from opsentinel.schema import DCR_STREAM_NAME
@@ -56,6 +56,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("state", "OP_SENTINEL_STATE"),
     SettingSpec("poll_interval", "OP_SENTINEL_POLL_INTERVAL"),
     SettingSpec("health_interval", "OP_SENTINEL_HEALTH_INTERVAL"),
+    SettingSpec("backfill_workers", "OP_SENTINEL_BACKFILL_WORKERS"),
     SettingSpec("allow_custom_host", "OP_SENTINEL_ALLOW_CUSTOM_HOST"),
     SettingSpec("log_level", "OP_SENTINEL_LOG_LEVEL"),
 )
@@ -82,6 +83,7 @@ class Settings(BaseModel):
     state: Path = Path(".op-sentinel")
     poll_interval: timedelta = timedelta(seconds=10)
     health_interval: timedelta = timedelta(minutes=15)
+    backfill_workers: int = Field(default=8, ge=0, le=32)
     allow_custom_host: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -138,6 +138,7 @@ class Connector:
                 account=account,
                 first_start=first_start,
                 telemetry=telemetry,
+                backfill_workers=settings.backfill_workers,
             )
             connector = cls(settings, base_url, client, info, streams, skipped, dest, pipeline)
             await connector._warn_about_start(clamp_warning)

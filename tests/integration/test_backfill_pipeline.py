@@ -173,3 +173,13 @@ def test_events_arriving_during_the_backfill_are_stored_once(sim: SimulatorServe
     stored = _stored(db)
     assert len(stored) == len(set(stored))
     assert set(stored) == _expected(sim)
+
+
+def test_zero_workers_reads_history_with_one_cursor(sim: SimulatorServer, tmp_path: Path) -> None:
+    db = tmp_path / "seq.duckdb"
+    result = _drain(sim, db, workers=0)
+    assert result is not None
+    assert result.error is None
+    assert set(_stored(db)) == _expected(sim)
+    resets = [r for r in sim.request_log if r.path == STREAM.path and not r.cursor]
+    assert len(resets) == 1, "one ResetCursor, then cursors only"

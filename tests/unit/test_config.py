@@ -50,6 +50,8 @@ CASES = [
      ["debug", "warning", "error", "info"]),
     ("health_interval", "30m", "OP_SENTINEL_HEALTH_INTERVAL", "1h", 'health_interval = "2h"',
      [timedelta(minutes=30), timedelta(hours=1), timedelta(hours=2), timedelta(minutes=15)]),
+    ("backfill_workers", 2, "OP_SENTINEL_BACKFILL_WORKERS", "0", "backfill_workers = 16",
+     [2, 0, 16, 8]),
     ("allow_custom_host", True, "OP_SENTINEL_ALLOW_CUSTOM_HOST", "1", "allow_custom_host = false",
      [True, True, False, False]),
     ("base_url", "https://events.1password.eu", "OP_SENTINEL_BASE_URL", "https://events.1password.ca",
@@ -249,3 +251,9 @@ def test_settings_are_frozen() -> None:
     settings = load()
     with pytest.raises(ValueError, match="frozen"):
         settings.db = Path("other")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("workers", ["-1", "33", "many"])
+def test_backfill_workers_out_of_range_is_one_clear_error(workers: str) -> None:
+    with pytest.raises(ConfigError, match=r"backfill_workers \(OP_SENTINEL_BACKFILL_WORKERS\)"):
+        load({}, {"OP_SENTINEL_BACKFILL_WORKERS": workers})
