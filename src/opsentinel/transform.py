@@ -103,7 +103,7 @@ def parse_event_time(value: Any) -> datetime | None:
     """An event time as an aware UTC datetime (microseconds), or None when it is not one.
 
     Accepts RFC 3339 strings (0-9 fraction digits, `Z`/`z` or `+hh:mm`; without an offset: UTC) and
-    datetime objects (naive ones are taken as UTC).
+    datetime objects (naive ones are taken as UTC). A time outside years 1-9999 in UTC is None.
     """
     if isinstance(value, datetime):
         moment = value
@@ -125,7 +125,10 @@ def parse_event_time(value: Any) -> datetime | None:
         return None
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        return None
 
 
 def _time_text(moment: datetime) -> str:

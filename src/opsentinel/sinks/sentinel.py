@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from azure.core.credentials import TokenCredential
@@ -44,6 +45,7 @@ from opsentinel.sinks.sentinel_upload import (
     validate_endpoint,
     validate_stream_name,
 )
+from opsentinel.source.baseurl import is_loopback_host
 from opsentinel.source.retry import RetryPolicy
 from opsentinel.state import Checkpoint
 from opsentinel.streams import HEALTH_LOG_SOURCE
@@ -81,10 +83,11 @@ class SentinelSink:
     `endpoint` is the DCE's or the DCR's logs ingestion URL (https), `dcr_id` the DCR's immutable id.
     `credential` defaults to `DefaultAzureCredential()` (service principal from the environment,
     workload identity, managed identity, Azure CLI, ...). `connection_verify` is a CA bundle path,
-    True/False, or None for the default (system CAs, or REQUESTS_CA_BUNDLE). `retry` bounds the tries
-    per request and the waits between them; `sleep` is called for every wait. `timeout` is the read
-    timeout per request, `audience` the token audience (sovereign clouds: https://monitor.azure.us,
-    https://monitor.azure.cn). Invalid settings raise ConfigError at construction.
+    True, False (a loopback endpoint only), or None for the default (system CAs, or
+    REQUESTS_CA_BUNDLE). `retry` bounds the tries per request and the waits between them; `sleep`
+    is called for every wait. `timeout` is the read timeout per request, `audience` the token
+    audience (sovereign clouds: https://monitor.azure.us, https://monitor.azure.cn). Invalid
+    settings raise ConfigError at construction.
     """
 
     name = "sentinel"
@@ -111,6 +114,8 @@ class SentinelSink:
         if not 2 < max_request_bytes <= MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be within 3..{MAX_REQUEST_BYTES}")
         self.endpoint = validate_endpoint(endpoint)
+        if connection_verify is False and not is_loopback_host(urlsplit(self.endpoint).hostname or ""):
+            raise ConfigError(f"TLS certificate verification cannot be turned off for {self.endpoint}")
         self.dcr_id = validate_dcr_id(dcr_id)
         self.stream_name = validate_stream_name(stream_name)
         self.max_concurrency = max_concurrency

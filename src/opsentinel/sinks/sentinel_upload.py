@@ -10,7 +10,7 @@ own retries are switched off (they skip 429 without Retry-After on POST and stop
     connection errors    RetriableError (RateLimited for 429): the pipeline retries the batch later
     400, 413             raise `Refused`: the caller splits the request or dead-letters the record
     401, 403, 404, TLS   UserError naming the fix (token/tenant, role on the DCR, DCR id/stream, URL)
-    other statuses       FatalError
+    other statuses       FatalError (redirects included: they are never followed)
 
 Every failed try is logged with Azure's `x-ms-error-code` and `x-ms-request-id`; never a body or a token.
 """
@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline import PipelineResponse
+from azure.core.pipeline.policies import RedirectPolicy
 from azure.core.pipeline.policies import RetryPolicy as AzureRetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.monitor.ingestion import LogsIngestionClient
@@ -160,6 +161,9 @@ class Uploader:
             credential_scopes=[scope],
             transport=transport,
             retry_policy=AzureRetryPolicy.no_retries(),
+            # Azure never redirects an upload; following one would deliver the records (names,
+            # e-mail addresses, IPs) to another host and count them as accepted.
+            redirect_policy=RedirectPolicy.no_redirects(),
         )
 
     def close(self) -> None:

@@ -82,7 +82,17 @@ def _ssl_context(verify: VerifyTypes, host: str) -> bool | ssl.SSLContext:
         if not is_loopback_host(host):
             raise ConfigError(f"TLS certificate verification cannot be turned off for {host}")
         return False
-    if verify is True or isinstance(verify, ssl.SSLContext):
+    if verify is True:
+        # httpx reads these two itself, and a bad value would escape as a bare ssl.SSLError.
+        cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+        if not cafile and not capath:
+            return True
+        try:
+            return ssl.create_default_context(cafile=cafile or None, capath=None if cafile else capath)
+        except (OSError, ssl.SSLError) as exc:
+            setting = f"SSL_CERT_FILE={cafile}" if cafile else f"SSL_CERT_DIR={capath}"
+            raise ConfigError(f"cannot load CA certificates from {setting}") from exc
+    if isinstance(verify, ssl.SSLContext):
         return verify
     try:
         return ssl.create_default_context(cafile=os.fspath(verify))

@@ -2,13 +2,20 @@
 
 The envelope is strict: `cursor` (non-empty string), `has_more` (bool) and `items` (list) or the body
 is malformed (`MalformedResponse`, retried by the client: the server may have hiccuped). Items are
-lenient: each needs only to be an object with a string `uuid` and an RFC 3339 `timestamp`; unknown
-fields and values, V1 fields and nulls pass untouched. An item that fails goes to `Page.rejected`,
-so one bad event never stops a stream.
+lenient: each needs only to be an object with a string `uuid` and an RFC 3339 `timestamp` (within
+years 1-9999 in UTC); unknown fields and values, V1 fields and nulls pass untouched. An item that
+fails goes to `Page.rejected`, so one bad event never stops a stream.
+
+Two things JSON's grammar allows are refused by orjson: numbers beyond a double (`1e400`) and
+unpaired surrogate escapes (`"\\ud800"`). A body holding one is parsed again with the standard
+library, and only the items holding such a value are rejected (no sink could store them), so one
+odd value costs one event, not the page, and never stalls the stream on a page it cannot pass.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -78,19 +85,54 @@ def _check_item(item: Any) -> tuple[datetime | None, str | None]:
         return parse_rfc3339(stamp), None
     except ValueError:
         return None, "item 'timestamp' is not RFC 3339"
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        return None, "item 'timestamp' is out of range"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(body: bytes) -> tuple[Any, bool]:
+    """(parsed body, whether the standard library had to parse it); JSONDecodeError if not JSON."""
+    try:
+        return orjson.loads(body), False
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(body, parse_constant=_refuse_constant), True
+        except (ValueError, RecursionError):
+            raise exc from None
+
+
+def _portable(value: Any) -> bool:
+    """False when `value` holds what orjson (and so every sink) cannot write: an infinite number
+    or a string that is not valid Unicode (an unpaired surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_portable(v) for v in value)
+    if isinstance(value, dict):
+        return all(_portable(k) and _portable(v) for k, v in value.items())
+    return True
 
 
 def parse_page(stream: str, body: bytes, request: dict[str, Any]) -> Page:
     """Parse a 200 body of an event endpoint into a Page; MalformedResponse if the envelope is bad."""
     try:
-        data = orjson.loads(body)
+        data, lenient = _loads(body)
     except orjson.JSONDecodeError as exc:
         what = "empty" if not body.strip() else "not valid JSON (truncated?)"
         raise MalformedResponse(f"body is {what}") from exc
     if not isinstance(data, dict):
         raise MalformedResponse("body is not a JSON object")
     cursor = data.get("cursor")
-    if not isinstance(cursor, str) or not cursor:
+    if not isinstance(cursor, str) or not cursor or (lenient and not _portable(cursor)):
         raise MalformedResponse("'cursor' is missing or not a non-empty string")
     has_more = data.get("has_more")
     if not isinstance(has_more, bool):
@@ -105,6 +147,8 @@ def parse_page(stream: str, body: bytes, request: dict[str, Any]) -> Page:
     oldest: datetime | None = None
     for index, item in enumerate(items):
         stamp, reason = _check_item(item)
+        if stamp is not None and lenient and not _portable(item):
+            stamp, reason = None, "item holds a number beyond double range or an unpaired surrogate"
         if stamp is None:
             rejected.append(Rejection(index, reason or "invalid item", _excerpt(item)))
             continue
