@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from opsentinel.config import Settings
 from opsentinel.destination import Destination, open_destination
@@ -25,8 +25,11 @@ from opsentinel.source.retry import STARTUP_RETRY, RetryPolicy
 from opsentinel.source.token import ApiToken
 from opsentinel.streams import STREAMS, StreamSpec, get_stream
 from opsentinel.telemetry import Telemetry
+from opsentinel.timefmt import format_duration
 
 log = logging.getLogger("opsentinel")
+
+CLOCK_SKEW_WARNING = timedelta(minutes=5)
 
 REGIONS = {
     "events.1password.com": "1password.com (US / Business)",
@@ -128,8 +131,8 @@ class Connector:
                 )
             account = info.account_uuid or token.claims.account or info.uuid
             dest = destination or open_destination(settings)
-            now = datetime.now(UTC)
-            first_start, clamp_warning = settings.first_run_start(now)
+            _warn_clock_skew(client)
+            first_start, clamp_warning = settings.first_run_start(client.api_now())
             telemetry = Telemetry(account=account)
             pipeline = Pipeline(
                 client=client,
@@ -215,6 +218,18 @@ class Connector:
                 await self.pipeline.write_health()
                 last = loop.time()
             await _wait(stop, 1.0)
+
+
+def _warn_clock_skew(client: EventsClient) -> None:
+    offset = client.clock_offset
+    if offset is not None and abs(offset) > CLOCK_SKEW_WARNING:
+        direction = "behind" if offset < timedelta(0) else "ahead of"
+        log.warning(
+            "the Events API's clock is %s %s this host's; first-run start times follow the API's clock "
+            "(check this host's time, e.g. NTP)",
+            format_duration(abs(offset)),
+            direction,
+        )
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

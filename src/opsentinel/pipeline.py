@@ -225,7 +225,8 @@ class Pipeline:
         return result
 
     def _first_checkpoint(self, spec: StreamSpec) -> Checkpoint:
-        plan = make_plan(self.first_start, self.clock(), slices=self.backfill_workers)
+        # The live cursor's start is a time in the API's clock (see EventsClient.api_now).
+        plan = make_plan(self.first_start, self.client.api_now(), slices=self.backfill_workers)
         if plan is None or self.backfill_workers < 1:
             return Checkpoint(self.account, spec.name)
         log.info(

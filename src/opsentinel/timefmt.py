@@ -27,8 +27,11 @@ def parse_rfc3339(text: str) -> datetime:
     date, clock, fraction, offset = m.groups()
     micro = (fraction or "").ljust(6, "0")[:6]
     tz = "+00:00" if offset in ("Z", "z") else offset
-    parsed = datetime.fromisoformat(f"{date}T{clock}.{micro}{tz}")
-    return parsed.astimezone(UTC)
+    try:
+        parsed = datetime.fromisoformat(f"{date}T{clock}.{micro}{tz}")
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise ValueError(f"not a valid date-time: {text[:40]!r}") from None
 
 
 def format_rfc3339(moment: datetime) -> str:

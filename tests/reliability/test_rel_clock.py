@@ -50,16 +50,6 @@ def test_skewed_api_clock_loses_nothing(tmp_path: Path, offset_hours: float) -> 
         assert_store_exactly_once(db, sim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py/backfill.py: the first run's plan takes 'now' from the local clock only. With the "
-    "API's clock 2 h behind (the host's clock 2 h fast), live_start = local now - 1 h lies an hour in the "
-    "API's future: the live cursor's ResetCursor start_time is after every event the API stamps during "
-    "that hour, and the last slice (window up to live_start + 1 s) finished before they arrived, so they "
-    "are never delivered. Proposed fix: take the API's time from the introspect response's Date header "
-    "(the simulator now sends its own clock there) and plan with min(local now, API now), warning when "
-    "the two differ by minutes.",
-)
 def test_api_clock_two_hours_behind_at_the_first_run(tmp_path: Path) -> None:
     """The host's clock runs 2 h fast (or the API's slow): events stamped during the next hours
     must still reach the live cursor."""

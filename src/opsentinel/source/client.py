@@ -18,7 +18,8 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Generator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -60,6 +61,9 @@ T = TypeVar("T")
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     default = {"https": 443, "http": 80}.get(url.scheme)
     return (url.scheme, url.host.lower(), url.port or default)
+
+
+_DATE_RESOLUTION = timedelta(seconds=2)  # `Date` has whole seconds; smaller offsets are noise
 
 
 class _BearerAuth(httpx.Auth):
@@ -167,6 +171,7 @@ class EventsClient:
         self._startup_retry = startup_retry
         self._sleep = sleep
         self._now = now
+        self._clock_offset: timedelta | None = None
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             auth=_BearerAuth(url, token),
@@ -177,7 +182,39 @@ class EventsClient:
             http1=True,
             http2=False,
             transport=transport,
+            event_hooks={"response": [self._note_server_date]},
         )
+
+    async def _note_server_date(self, response: httpx.Response) -> None:
+        """Remember how far the API's clock (its `Date` header) is from ours."""
+        date = response.headers.get("Date")
+        if not date:
+            return
+        try:
+            server = parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            return
+        if server.tzinfo is None:
+            return
+        self._clock_offset = server - self._now()
+
+    @property
+    def clock_offset(self) -> timedelta | None:
+        """The API's clock minus ours, from the last answer's `Date` header (1 s resolution), or
+        None before any answer carried one."""
+        return self._clock_offset
+
+    def api_now(self) -> datetime:
+        """Now, by the API's clock when it is known to be behind ours.
+
+        Where a run starts and where the live cursor begins are times in the API's clock: taking a
+        time from a fast local clock would ask for events "from the future" and skip the ones the
+        API stamps meanwhile. A local clock that is behind only makes the overlap larger, so it is
+        kept."""
+        local = self._now()
+        if self._clock_offset is not None and self._clock_offset < -_DATE_RESOLUTION:
+            return local + self._clock_offset
+        return local
 
     @property
     def base_url(self) -> str:
