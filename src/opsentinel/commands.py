@@ -125,6 +125,9 @@ def _report_once(results: list[StreamResult]) -> int:
         print(f"{r.stream:<15} {r.events:>9,} events  {r.pages:>6,} pages  {span}  {state}", file=sys.stderr)
     if failed:
         names = ", ".join(r.stream for r in failed)
-        print(f"error: {names} did not finish; the checkpoints keep what was delivered", file=sys.stderr)
+        print(
+            f"error: {names} did not finish ({failed[0].error}); the checkpoints keep what was delivered",
+            file=sys.stderr,
+        )
         return 1
     return 0
