@@ -257,8 +257,12 @@ class Pipeline:
     ) -> None:
         try:
             await self._fetch_live_pages(run, queue, stop)
-        finally:
-            await queue.put(None)
+        except asyncio.CancelledError:
+            raise  # the deliverer is gone (it cancelled us): nobody waits for the end marker
+        except BaseException:
+            await queue.put(None)  # let the deliverer finish what was fetched, then see the error
+            raise
+        await queue.put(None)
 
     async def _fetch_live_pages(
         self, run: _StreamRun, queue: asyncio.Queue[_Delivery | None], stop: asyncio.Event

@@ -312,3 +312,37 @@ def test_health_rows_that_cannot_be_written_are_logged_not_raised(
     with caplog.at_level(logging.WARNING):
         asyncio.run(go())
     assert "could not write health rows: the destination is down" in caplog.text
+
+
+@pytest.mark.timeout(30)
+def test_a_sink_failure_with_the_read_ahead_queue_full_ends_the_drain(tmp_path: Path) -> None:
+    # A live chain with many small pages and a slow sink: the fetcher fills the read-ahead queue and
+    # waits on it when the sink refuses a page. The drain must end with the error, not hang.
+    with SimulatorServer(
+        SimulatorConfig(events=600, seed=11, page_cap=20, rate_limit_per_minute=0)
+    ) as server:
+        store = DuckDBStore(tmp_path / "q.duckdb")
+        sink = FailingSink(store, fail_on=2, write_takes=0.2)
+
+        async def go() -> StreamResult:
+            async with EventsClient(server.base_url, ApiToken(server.token), retry=FAST) as client:
+                pipeline = Pipeline(
+                    client=client,
+                    sink=sink,
+                    store=store,
+                    account=ACCOUNT,
+                    first_start=datetime.now(UTC) - timedelta(days=8),
+                    backfill_workers=0,
+                    read_ahead=2,
+                )
+                task = asyncio.ensure_future(
+                    pipeline.drain_stream(get_stream("auditevents"), asyncio.Event())
+                )
+                done, _ = await asyncio.wait({task}, timeout=15)  # a hang check, not a speed check
+                assert task in done, "the drain hung after the sink failed"
+                return task.result()
+
+        result = asyncio.run(go())
+        store.close()
+        assert result.error is not None
+        assert "disk is full" in result.error
