@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 
 from opsentinel.config import Settings
 from opsentinel.destination import Destination, open_destination
@@ -71,8 +70,9 @@ def select_streams(
 class Connector:
     """One account's connector, started: token checked, streams chosen, destination open.
 
-    Use as an async context manager (`async with Connector.start(settings) as c:`) and call
-    `poll_cycle()` (one drain of every stream: what a serverless timer calls) or `run_forever()`.
+    `connector = await Connector.start(settings)`, then `poll_cycle()` (one drain of every stream:
+    what a serverless timer calls) or `run_forever(stop)`, and `close()` at the end; or
+    `async with await Connector.start(settings) as connector: ...`.
     """
 
     settings: Settings
@@ -83,7 +83,12 @@ class Connector:
     skipped: list[str]
     destination: Destination
     pipeline: Pipeline
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    async def __aenter__(self) -> Connector:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @property
     def account(self) -> str:
