@@ -1,0 +1,12 @@
+"""`python -m bench [all|backfill|pipeline|memory|sentinel] [--quick] [options]` (see bench/README.md)."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `tests.fakes` and `bench` must be importable from any directory
+    sys.path.insert(0, str(ROOT))
+
+from bench.cli import entry  # noqa: E402
+
+sys.exit(entry())
