@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from opsentinel.backfill import PAD, BackfillPlan, Slice, make_plan, split_point
@@ -29,7 +31,6 @@ from opsentinel.source.paging import CursorPager, Page
 from opsentinel.state import Checkpoint, CheckpointStore
 from opsentinel.streams import HEALTH_LOG_SOURCE, StreamSpec
 from opsentinel.telemetry import EventsRejected, PageDelivered, StreamDrained, StreamFailed, Telemetry
-from opsentinel.timefmt import parse_rfc3339
 
 log = logging.getLogger("opsentinel.pipeline")
 
@@ -78,17 +79,14 @@ class _Delivery:
     plan_update: Callable[[BackfillPlan], BackfillPlan] | None = None
 
 
-def _span(events: Sequence[Mapping[str, Any]]) -> tuple[datetime | None, datetime | None]:
-    times = [_time(e) for e in events]
-    known = [t for t in times if t is not None]
-    return (min(known), max(known)) if known else (None, None)
+def _span(times: Sequence[datetime]) -> tuple[datetime | None, datetime | None]:
+    return (min(times), max(times)) if times else (None, None)
 
 
-def _time(event: Mapping[str, Any]) -> datetime | None:
-    try:
-        return parse_rfc3339(event["timestamp"])
-    except (KeyError, ValueError, TypeError):
-        return None
+def _keep(page: Page, owns: Callable[[datetime], bool]) -> tuple[list[Mapping[str, Any]], list[datetime]]:
+    """The page's events (and their parsed times) whose time `owns` accepts."""
+    kept = [(e, t) for e, t in zip(page.events, page.times, strict=True) if owns(t)]
+    return [e for e, _ in kept], [t for _, t in kept]
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -292,10 +290,11 @@ class Pipeline:
             pager.update(page)
             run.report_rejected(page)
             events: Sequence[Mapping[str, Any]] = page.events
+            times: Sequence[datetime] = page.times
             if live_start is not None and run.plan is not None:
                 # While history is being sliced, events before live_start belong to a slice.
-                events = [e for e in events if (t := _time(e)) is None or t >= live_start]
-            oldest, page_newest = _span(events)
+                events, times = _keep(page, partial(operator.le, live_start))
+            oldest, page_newest = _span(times)
             newest = _later(newest, page_newest)
             await queue.put(
                 _Delivery(
@@ -411,10 +410,10 @@ class Pipeline:
                     run.plan, new_slice = run.plan.split(slice_id, at)
                     log.debug("stream=%s slice %d split at %s", run.spec.name, slice_id, at.isoformat())
             current = run.plan.get(slice_id)
-            events = [e for e in page.events if (t := _time(e)) is not None and current.owns(t)]
-            past_end = any((t := _time(e)) is not None and t >= current.end for e in page.events)
+            events, times = _keep(page, current.owns)
+            past_end = any(t >= current.end for t in page.times)
             done = pager.drained or past_end
-            oldest, newest = _span(events)
+            oldest, newest = _span(times)
             delivery = _Delivery(
                 run.spec.name,
                 events,

@@ -24,7 +24,8 @@ so no index is kept on the event table. The checkpoint and status tables are tin
 Whole `write` calls (transform, Arrow, insert, commit, the periodic close): ~30k events/s.
 
 Bulk insert. A batch becomes column lists (`transform.to_columns`), then one Arrow table, inserted
-with one INSERT ... SELECT (never row by row). DuckDB gets `memory_limit` (64 MB) and one thread.
+with one INSERT ... SELECT (never row by row). DuckDB gets `memory_limit` (32 MB: the store's share of
+the connector's 300 MB budget; more only raises RSS, a 1000-row batch needs far less) and one thread.
 
 Sharing the file with readers. DuckDB admits one read-write process or many read-only ones. The
 writer therefore holds the file only in short bursts: a connection is opened for a transaction,
@@ -242,7 +243,7 @@ class DuckDBStore:
         self,
         path: str | os.PathLike[str],
         *,
-        memory_limit: str = "64MB",
+        memory_limit: str = "32MB",
         threads: int = 1,
         hold: float = 0.8,
         linger: float = 0.2,
