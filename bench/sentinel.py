@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.azure_identity import AZURE_CREDENTIAL_ENV_VARS
+
 from bench.machine import ROOT
 from bench.runs import STREAM, reset_body, run_once, settings_for, unlimited
 from bench.simproc import BenchError, SimulatorProcess
@@ -41,26 +43,6 @@ from opsentinel.source import ApiToken, EventsClient
 MAX_BODY = 1_048_576
 DAYS = 7.0
 SAMPLE_PAGES = 10  # pages held in memory for the sink-only measurement
-
-# Variables azure-identity reads to choose a credential (as tests/fakes/azure_identity.py lists them).
-AZURE_CREDENTIAL_ENV_VARS = (
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
-    "AZURE_USERNAME",
-    "AZURE_PASSWORD",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "AZURE_TOKEN_CREDENTIALS",
-    "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-)
 
 
 @dataclass(frozen=True)
