@@ -1,29 +1,29 @@
 """Backfill pages/s against the API's 600 requests/min ceiling (10 pages/s), at several latencies.
 
-Per latency, two runs against a fresh in-process simulator each (its own rate-limit windows:
-600/min and 30,000/h, as the real API), one stream of `pages` x 1,000 events:
+Per latency, two runs against a fresh simulator each, in a child process (its own rate-limit
+windows: 600/min and 30,000/h, as the real API), one stream of `pages` x 1,000 events:
 
 - `sequential`: strict sequential paging with `EventsClient` and its default 590/min limiter, pages
   parsed but not stored: what a one-request-after-another connector can do at best;
 - `op-sentinel`: `Connector.start` + `poll_cycle` (= `run --once --streams auditevents`) into a fresh
   DuckDB file, with the connector's own default limiter.
 
-Requests, pages and 429s are counted by the simulator (its request log), so the figures do not
-depend on how the connector splits its work. The simulator runs in this process: at these rates
-CPU is not the limit, and its request log is the exact counter.
+Requests, pages and 429s are counted from the simulator's request log (`--verbose`), so the figures
+do not depend on how the connector splits its work. The simulator must not share this process: its
+page generation and JSON encoding (~17 ms of CPU a page) held the GIL the connector needs, and an
+in-process simulator capped op-sentinel at ~9 pages/s whatever the latency (a real API is remote).
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from bench.runs import PAGE_SIZE, STREAM, RunResult, run_once, sequential_download, settings_for, stored_rows
-from bench.simproc import BenchError
+from bench.simproc import BenchError, SimulatorProcess
 from bench.table import Table, count, num, progress
-from opsentinel.simulator import SimulatorConfig, SimulatorServer
-from opsentinel.simulator.app import RequestRecord
 
 CEILING = 10.0  # pages/s: 600 requests per minute, one page per request
 CLIENT_BUDGET = 590  # requests per 60 s: op-sentinel's default limiter
@@ -40,29 +40,27 @@ def best_pages_per_s(pages: int, requests: int) -> float | None:
     return pages / floor_s if floor_s else None
 
 
-def _counts(log: list[RequestRecord]) -> tuple[int, int, int]:
-    """(requests, event pages answered 200, 429s)."""
+def _counts(requests: Counter[tuple[str, int]]) -> tuple[int, int, int]:
+    """(requests, event pages answered 200, 429s) from the simulator's (path, status) tally."""
     path = f"/api/v2/{STREAM}"
-    pages = sum(1 for r in log if r.path == path and r.status == 200)
-    limited = sum(1 for r in log if r.status == 429)
-    return len(log), pages, limited
-
-
-def _simulator(pages: int, latency_ms: float) -> SimulatorServer:
-    config = SimulatorConfig(
-        events=pages * PAGE_SIZE,
-        days=DAYS,
-        latency=latency_ms / 1000.0,
-        request_log_size=pages * 3 + 100,
-    )
-    return SimulatorServer(config)
+    pages = requests[path, 200]
+    limited = sum(n for (_, status), n in requests.items() if status == 429)
+    return sum(requests.values()), pages, limited
 
 
 def _measure(
     pages: int, latency_ms: float, client: str, workdir: Path
 ) -> tuple[RunResult, int, int, int, int]:
     """(run, events stored or received, requests, pages served, 429s)."""
-    with _simulator(pages, latency_ms) as sim:
+    sim = SimulatorProcess(
+        events=pages * PAGE_SIZE,
+        days=DAYS,
+        latency_ms=latency_ms,
+        rate_limited=True,
+        count_statuses=True,
+        workdir=workdir,
+    )
+    with sim:
         if client == "sequential":
             result = asyncio.run(sequential_download(sim.base_url, sim.token, days=DAYS))
             stored = result.events
@@ -73,7 +71,7 @@ def _measure(
             if result.error:
                 raise BenchError(f"op-sentinel run failed at {latency_ms:g} ms: {result.error}")
             stored = stored_rows(db)
-        requests, served, limited = _counts(sim.request_log)
+    requests, served, limited = _counts(sim.requests)  # complete once the simulator has stopped
     return result, stored, requests, served, limited
 
 

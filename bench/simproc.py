@@ -3,7 +3,7 @@
 A separate process keeps the simulator's page generation off the measured process's GIL, as a real
 remote API would be. It is started with `--port 0`, `--trickle 0` (so counts are exact) and a token
 file in `workdir`; its printed base URL is read from the banner. With `count_statuses`, it runs with
-`--verbose` and the per-request log lines on its stderr are tallied by HTTP status (e.g. 429s).
+`--verbose` and the per-request log lines on its stderr are tallied by path and HTTP status.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-_STATUS = re.compile(r" -> (\d{3})")
+_REQUEST = re.compile(r"^[A-Z]+ (\S+) -> (\d{3})")
 START_TIMEOUT = 60.0
 
 
@@ -68,16 +68,17 @@ class SimulatorProcess:
             self._args.append("--verbose")
         self._proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._statuses: Counter[int] = Counter()
+        self._requests: Counter[tuple[str, int]] = Counter()
         self._lock = threading.Lock()
         self._stderr_tail: list[str] = []
+        self._readers: list[threading.Thread] = []
         self.base_url = ""
 
     @property
-    def statuses(self) -> Counter[int]:
-        """Requests answered so far, by HTTP status (only with `count_statuses`)."""
+    def requests(self) -> Counter[tuple[str, int]]:
+        """Requests answered so far, by (path, HTTP status) (only with `count_statuses`)."""
         with self._lock:
-            return Counter(self._statuses)
+            return Counter(self._requests)
 
     @property
     def token(self) -> str:
@@ -90,8 +91,12 @@ class SimulatorProcess:
         self._proc = proc
         assert proc.stdout is not None
         assert proc.stderr is not None
-        threading.Thread(target=self._read_stdout, args=(proc.stdout,), daemon=True).start()
-        threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read_stdout, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
         try:
             while True:
                 try:
@@ -128,6 +133,8 @@ class SimulatorProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        for reader in self._readers:  # so `requests` holds every line the simulator logged
+            reader.join(timeout=5)
 
     def _read_stdout(self, stream: IO[str]) -> None:
         for line in stream:
@@ -136,9 +143,9 @@ class SimulatorProcess:
 
     def _read_stderr(self, stream: IO[str]) -> None:
         for line in stream:
-            match = _STATUS.search(line)
+            match = _REQUEST.search(line)
             with self._lock:
                 if match:
-                    self._statuses[int(match.group(1))] += 1
+                    self._requests[match.group(1), int(match.group(2))] += 1
                 else:
                     self._stderr_tail = [*self._stderr_tail[-9:], line.strip()]
