@@ -8,5 +8,8 @@ if str(ROOT) not in sys.path:  # `tests.fakes` and `bench` must be importable fr
     sys.path.insert(0, str(ROOT))
 
 from bench.cli import entry  # noqa: E402
+from opsentinel.runtime import tune_process  # noqa: E402
+
+tune_process()  # as the `op-sentinel` command does: the figures are the command's
 
 sys.exit(entry())

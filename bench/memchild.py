@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench import runs
 from bench.runs import run_once, settings_for, unlimited
+from opsentinel.runtime import tune_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backfill-workers", type=int)
     args = parser.parse_args(argv)
     runs.BACKFILL_WORKERS = args.backfill_workers
+    tune_process()  # as the `op-sentinel` command does
     token = args.token_file.read_text().strip()
     settings = settings_for(args.base_url, token, days=args.days, db=args.db)
     result = asyncio.run(run_once(settings, limiter=unlimited()))

@@ -16,6 +16,7 @@ import typer
 
 from opsentinel import __version__
 from opsentinel.errors import OpSentinelError, UserError
+from opsentinel.runtime import tune_process
 
 app = typer.Typer(
     name="op-sentinel",
@@ -332,24 +333,9 @@ def version() -> None:
     print(__version__)
 
 
-def _cap_malloc_arenas() -> None:
-    """glibc gives every thread that allocates its own malloc arena; with DuckDB's, the HTTP client's
-    and the upload threads that is ~35 MB of resident memory the connector does not use. Two arenas
-    are plenty for a process whose work is I/O bound."""
-    if sys.platform != "linux":
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turning every expected error into one line on stderr."""
-    _cap_malloc_arenas()
+    tune_process()
     try:
         # The name users type, whether started as `op-sentinel` or `python -m opsentinel.cli`.
         result = app(args=argv, standalone_mode=False, prog_name="op-sentinel")

@@ -77,6 +77,7 @@ class _Delivery:
     has_more: bool
     changes_cursor: bool
     plan_update: Callable[[BackfillPlan], BackfillPlan] | None = None
+    batch: Batch | None = None  # a transactional sink's prepared rows (see _StreamRun.stage)
 
 
 def _span(times: Sequence[datetime]) -> tuple[datetime | None, datetime | None]:
@@ -131,7 +132,7 @@ class _StreamRun:
             if nothing_new and target.backfill == self.committed.backfill:
                 pass  # an empty poll: no transaction needed
             elif p.sink.transactional:
-                batch = Batch(delivery.stream, delivery.events, p.clock())
+                batch = delivery.batch or Batch(delivery.stream, delivery.events, p.clock())
                 stored = await asyncio.to_thread(p.sink.write, batch, target)
                 assert stored is not None, "a transactional sink returns the stored checkpoint"
                 self.committed = stored
@@ -156,11 +157,18 @@ class _StreamRun:
         if p.on_progress is not None:
             p.on_progress(self.spec.name, self.result)
 
-    def write_rows(self, delivery: _Delivery) -> None:
-        """Non-transactional sinks: hand the rows over (blocking; runs in a worker thread)."""
-        if delivery.events:
-            p = self.pipeline
-            p.sink.write(Batch(delivery.stream, delivery.events, p.clock()), None)
+    def stage(self, delivery: _Delivery) -> None:
+        """Before the commit, blocking (a worker thread): a non-transactional sink gets the rows now;
+        a transactional one prepares them here, outside the stream lock, so that building one page's
+        rows overlaps storing another's."""
+        if not delivery.events:
+            return
+        p = self.pipeline
+        batch = Batch(delivery.stream, delivery.events, p.clock())
+        if p.sink.transactional:
+            delivery.batch = p.sink.prepare(batch)
+        else:
+            p.sink.write(batch, None)
 
     def report_rejected(self, page: Page) -> None:
         if page.rejected:
@@ -314,21 +322,29 @@ class Pipeline:
 
     async def _deliver_in_order(self, run: _StreamRun, queue: asyncio.Queue[_Delivery | None]) -> None:
         in_flight: deque[tuple[_Delivery, asyncio.Future[None]]] = deque()
-        limit = 1 if self.sink.transactional else max(1, self.max_in_flight)
+        # Transactional: the next page is prepared while the head commits; commits stay one at a time.
+        limit = 2 if self.sink.transactional else max(1, self.max_in_flight)
+        next_item: asyncio.Future[_Delivery | None] | None = None
         try:
             while True:
-                item = await queue.get()
+                next_item = asyncio.ensure_future(queue.get())
+                # While the next page is on its way, commit the head as soon as its stage is done.
+                while in_flight and not next_item.done():
+                    waiting: list[asyncio.Future[Any]] = [next_item, in_flight[0][1]]
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if in_flight[0][1].done():
+                        await self._commit_head(run, in_flight)
+                item = await next_item
                 if item is None:
                     break
-                if self.sink.transactional:
-                    await run.commit(item, written=False)
-                    continue
-                in_flight.append((item, asyncio.ensure_future(asyncio.to_thread(run.write_rows, item))))
-                while len(in_flight) >= limit or (in_flight and in_flight[0][1].done()):
+                in_flight.append((item, asyncio.ensure_future(asyncio.to_thread(run.stage, item))))
+                while len(in_flight) >= limit:
                     await self._commit_head(run, in_flight)
             while in_flight:
                 await self._commit_head(run, in_flight)
         finally:
+            if next_item is not None:
+                next_item.cancel()
             for _, task in in_flight:
                 task.cancel()
 
@@ -425,8 +441,7 @@ class Pipeline:
                 changes_cursor=True,
                 plan_update=_slice_progress(slice_id, page.cursor, newest, done),
             )
-            if not self.sink.transactional:
-                await asyncio.to_thread(run.write_rows, delivery)
+            await asyncio.to_thread(run.stage, delivery)
             await run.commit(delivery, written=True)
             busy[slice_id] = page.has_more
             if new_slice is not None:

@@ -117,6 +117,8 @@ def connect(
         except duckdb.Error as exc:
             if not is_busy(exc) or time.monotonic() >= deadline:
                 raise store_error(exc, path) from exc
+            if read_only:
+                signal_reader_waiting(path)
         except OSError as exc:  # pragma: no cover - duckdb reports I/O as duckdb.IOException
             raise store_error(exc, path) from exc
         else:
@@ -129,6 +131,29 @@ def connect(
         # Randomised short sleeps: the holder (a reader, or the writer between bursts) lets go soon.
         sleep(min(pause * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
         pause = min(pause * 1.6, 0.03)
+
+
+def reader_signal_path(path: Path) -> Path:
+    """The empty file a waiting reader touches so that the writer ends its burst early."""
+    return path.with_name(path.name + ".wait")
+
+
+def signal_reader_waiting(path: Path) -> None:
+    """Best effort: a reader that cannot write beside the store just waits for the burst to end."""
+    signal = reader_signal_path(path)
+    try:
+        os.close(os.open(signal, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.utime(signal)
+    except OSError:
+        pass
+
+
+def reader_waiting_since(path: Path, moment_ns: int) -> bool:
+    """Whether a reader signalled at or after `moment_ns` (wall clock, ns)."""
+    try:
+        return os.stat(reader_signal_path(path)).st_mtime_ns >= moment_ns
+    except OSError:
+        return False
 
 
 def first_row(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:

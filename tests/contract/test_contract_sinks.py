@@ -69,7 +69,9 @@ def sut(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SinkUnderTes
 
 
 def deliver(sink: Any, batch: Batch, checkpoint: Checkpoint | None) -> Checkpoint | None:
-    """Write the way the pipeline does: the checkpoint goes with the rows only to a transactional sink."""
+    """Write the way the pipeline does: rows prepared first (outside its lock), then written; the
+    checkpoint goes with the rows only to a transactional sink."""
+    batch = sink.prepare(batch)
     return sink.write(batch, checkpoint) if sink.transactional else sink.write(batch, None)
 
 

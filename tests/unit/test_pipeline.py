@@ -65,6 +65,10 @@ class FailingSink:
         result: Checkpoint | None = self.inner.write(batch, checkpoint)
         return result
 
+    def prepare(self, batch: Batch) -> Batch:
+        prepared: Batch = self.inner.prepare(batch)
+        return prepared
+
     def check(self) -> str:
         return str(self.inner.check())
 

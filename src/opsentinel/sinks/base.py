@@ -17,11 +17,15 @@ from opsentinel.state import Checkpoint
 
 @dataclass(frozen=True)
 class Batch:
-    """Events of one `log_source` (a stream name, or "healthevents"), as the API sent them."""
+    """Events of one `log_source` (a stream name, or "healthevents"), as the API sent them.
+
+    `prepared` is the sink's own form of the rows when its `prepare` made one (else None).
+    """
 
     log_source: str
     events: Sequence[Mapping[str, Any]]
     ingested_at: datetime
+    prepared: Any = None
 
 
 class Sink(Protocol):
@@ -38,6 +42,13 @@ class Sink(Protocol):
     transactional: bool
 
     def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Checkpoint | None: ...
+
+    def prepare(self, batch: Batch) -> Batch:
+        """The CPU work of `write` that needs no lock, done ahead: the pipeline calls it before it
+        takes the stream's commit lock, so one page's rows are built while another's are stored.
+        Returns the batch to pass to `write` (`batch` itself when there is nothing to prepare). No I/O.
+        """
+        ...
 
     def check(self) -> str:
         """Prove the destination is usable; return a one-line description or raise UserError."""

@@ -23,16 +23,22 @@ rows without one. Measured on 2M audit events in 1000-event batches (2 shared co
 so no index is kept on the event table. The checkpoint and status tables are tiny and keyed.
 Whole `write` calls (transform, Arrow, insert, commit, the periodic close): ~30k events/s.
 
-Bulk insert. A batch becomes column lists (`transform.to_columns`), then one Arrow table, inserted
-with one INSERT ... SELECT (never row by row). DuckDB gets `memory_limit` (32 MB: the store's share of
-the connector's 300 MB budget; more only raises RSS, a 1000-row batch needs far less) and one thread.
+Bulk insert. A batch becomes column lists (`transform.to_columns`), then one Arrow table (dynamic
+columns as Arrow's JSON type, so DuckDB does not parse our own JSON text again), inserted with one
+INSERT ... SELECT (never row by row). `prepare` builds the table ahead of `write`, so the pipeline
+builds one page's table while another page is being stored. DuckDB gets `memory_limit` (32 MB: the
+store's share of the connector's 300 MB budget; more only raises RSS, a 1000-row batch needs far
+less) and one thread.
 
 Sharing the file with readers. DuckDB admits one read-write process or many read-only ones. The
-writer therefore holds the file only in short bursts: a connection is opened for a transaction,
-reused by the transactions that follow within `hold` seconds (0.8), closed after `linger` seconds
-(0.2) without use or when `hold` is over (a background thread does the idle close), and not
-reopened until `gap` seconds (0.06) later, so a waiting reader gets its turn. Readers
-(`store_read.open_reader`) open read-only and retry on lock errors until their `wait`. The writer
+writer therefore holds the file only in bursts: a connection is opened for a transaction, reused by
+the transactions that follow, and closed after `linger` seconds (0.2) without use, when `hold`
+seconds (5) are up, or as soon as a reader asks for the file (a background thread does the idle
+close). It is not reopened until `gap` seconds (0.06) later, so the waiting reader gets its turn.
+Readers (`store_read.open_reader`) open read-only and retry on lock errors until their `wait`; while
+they wait they touch `<store>.wait` (`storefile.signal_reader_waiting`), which the writer checks
+after each transaction. Each close folds the WAL into the file, which costs a fixed part per close:
+closing after every ~12 pages took ~25 % more DuckDB time per page than after every ~60. The writer
 likewise retries its own open for up to `lock_wait` seconds while readers hold the file.
 
 Files are created owner-only (0600): the process umask is narrowed to 077 while the store opens or
@@ -49,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -70,7 +76,8 @@ log = logging.getLogger(__name__)
 
 _ARROW_TYPES: Final = {
     "string": pa.string(),
-    "dynamic": pa.string(),  # JSON text; DuckDB casts it to JSON on insert
+    # JSON text we wrote with orjson: as Arrow's JSON type DuckDB stores it without parsing it again.
+    "dynamic": pa.json_(),
     "datetime": pa.timestamp("us", tz="UTC"),
     "int": pa.int64(),
 }
@@ -79,6 +86,7 @@ _UUID: Final = COLUMN_NAMES.index("uuid_s")
 _TIMESTAMP: Final = COLUMN_NAMES.index("timestamp")
 _BATCH_VIEW: Final = "opsentinel_batch"
 _EXISTING: Final = f'SELECT uuid_s FROM "{TABLE_NAME}" WHERE log_source = ? AND '
+_SIGNAL_SLACK_NS: Final = 20_000_000  # file mtimes lag the clock by up to a few ms (coarse ticks)
 
 
 # --- owner-only files ---------------------------------------------------------------------------
@@ -130,6 +138,7 @@ class _BurstConnection:
         self._wake = threading.Condition(self._lock)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened_at = self._last_used = 0.0
+        self._opened_ns = 0  # wall clock, to compare with the reader signal's mtime
         self._closed_at = float("-inf")
         self._closer: threading.Thread | None = None
 
@@ -177,13 +186,16 @@ class _BurstConnection:
             raise
         self._con = con
         self._opened_at = time.monotonic()
+        self._opened_ns = time.time_ns()
         return con
 
     def _after_use(self) -> None:
         if self._con is None:
             return
         self._last_used = time.monotonic()
-        if self._last_used - self._opened_at >= self._hold:
+        if self._last_used - self._opened_at >= self._hold or storefile.reader_waiting_since(
+            self.path, self._opened_ns - _SIGNAL_SLACK_NS
+        ):
             self._close()
         elif self._closer is None:
             self._closer = threading.Thread(target=self._close_when_idle, name="duckdb-closer", daemon=True)
@@ -245,7 +257,7 @@ class DuckDBStore:
         *,
         memory_limit: str = "32MB",
         threads: int = 1,
-        hold: float = 0.8,
+        hold: float = 5.0,
         linger: float = 0.2,
         gap: float = 0.06,
         lock_wait: float = 60.0,
@@ -271,21 +283,23 @@ class DuckDBStore:
         Returns the stored checkpoint (version + 1, updated_at set), or None when none was given
         (health rows). Raises CheckpointConflict (nothing stored) or StoreError.
         """
-        columns = _unique_by_uuid(to_columns(batch.log_source, batch.events, batch.ingested_at))
-        table = pa.Table.from_arrays(
-            [pa.array(col, type=f.type) for col, f in zip(columns, _ARROW_SCHEMA, strict=True)],
-            schema=_ARROW_SCHEMA,
-        )
+        rows = batch.prepared if isinstance(batch.prepared, _Rows) else _Rows.of(batch)
         stored = None
         with self._conn.transaction() as con:
             if checkpoint is not None:
                 _check_version(con, checkpoint)
-            inserted = _insert_new(con, batch.log_source, table, columns[_TIMESTAMP]) if len(table) else 0
+            inserted = _insert_new(con, batch.log_source, rows) if len(rows.table) else 0
             if checkpoint is not None:
                 stored = replace(checkpoint, version=checkpoint.version + 1, updated_at=self._clock())
                 _save_checkpoint(con, stored)
         self.last_inserted = inserted
         return stored
+
+    def prepare(self, batch: Batch) -> Batch:
+        """The batch with its rows already as the Arrow table `write` inserts (see Sink.prepare)."""
+        if isinstance(batch.prepared, _Rows):
+            return batch
+        return replace(batch, prepared=_Rows.of(batch))
 
     def check(self) -> str:
         """Open (creating if needed) and count the rows; a one-line description or StoreError."""
@@ -335,6 +349,23 @@ class DuckDBStore:
             return storefile.newest_event_time(con, stream)
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """A batch as DuckDB takes it: one Arrow table (duplicate uuids dropped) and its event times."""
+
+    table: pa.Table
+    times: list[datetime | None]
+
+    @classmethod
+    def of(cls, batch: Batch) -> _Rows:
+        columns = _unique_by_uuid(to_columns(batch.log_source, batch.events, batch.ingested_at))
+        table = pa.Table.from_arrays(
+            [pa.array(col, type=f.type) for col, f in zip(columns, _ARROW_SCHEMA, strict=True)],
+            schema=_ARROW_SCHEMA,
+        )
+        return cls(table, columns[_TIMESTAMP])
+
+
 def _unique_by_uuid(columns: list[list[Any]]) -> list[list[Any]]:
     """Drop rows whose uuid already appeared earlier in the batch (rows without a uuid are kept)."""
     seen: set[str] = set()
@@ -350,24 +381,22 @@ def _unique_by_uuid(columns: list[list[Any]]) -> list[list[Any]]:
     return [[col[i] for i in keep] for col in columns]
 
 
-def _insert_new(
-    con: duckdb.DuckDBPyConnection, log_source: str, table: pa.Table, times: list[datetime | None]
-) -> int:
-    """INSERT the rows of `table` whose uuid is not stored yet for `log_source`; the count inserted."""
-    present = [t for t in times if t is not None]
+def _insert_new(con: duckdb.DuckDBPyConnection, log_source: str, rows: _Rows) -> int:
+    """INSERT the rows whose uuid is not stored yet for `log_source`; the count inserted."""
+    present = [t for t in rows.times if t is not None]
     parts: list[str] = []
     params: list[Any] = []
     if present:
         parts.append(_EXISTING + '"timestamp" BETWEEN ? AND ?')
         params += [log_source, min(present), max(present)]
-    if len(present) < len(times):
+    if len(present) < len(rows.times):
         parts.append(_EXISTING + '"timestamp" IS NULL')
         params.append(log_source)
     sql = (
         f'INSERT INTO "{TABLE_NAME}" SELECT b.* FROM {_BATCH_VIEW} AS b '
         f"ANTI JOIN ({' UNION ALL '.join(parts)}) AS e ON b.uuid_s = e.uuid_s"
     )
-    con.register(_BATCH_VIEW, table)
+    con.register(_BATCH_VIEW, rows.table)
     try:
         row = storefile.first_row(con.execute(sql, params))
     finally:

@@ -55,6 +55,9 @@ class JsonlSink:
     def __repr__(self) -> str:
         return f"JsonlSink({self.path!r})"
 
+    def prepare(self, batch: Batch) -> Batch:
+        return batch  # not transactional: `write` already runs outside the commit lock
+
     def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Checkpoint | None:
         """Append the batch's rows; returns once they are on disk (stdout: flushed). Returns None.
 

@@ -147,6 +147,9 @@ class SentinelSink:
 
     # --- Sink protocol --------------------------------------------------------------------------
 
+    def prepare(self, batch: Batch) -> Batch:
+        return batch  # not transactional: `write` already runs outside the commit lock
+
     def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Checkpoint | None:
         """Deliver every event of `batch`; return None once each was accepted or dead-lettered.
 

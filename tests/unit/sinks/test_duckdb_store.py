@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -247,3 +250,41 @@ def test_store_error_translation_is_one_line_and_names_the_file(tmp_path: Path) 
         assert expected in str(err)
         assert str(path) in str(err)
         assert "\n" not in str(err)
+
+
+def test_a_waiting_reader_ends_the_writers_burst_early(tmp_path: Path) -> None:
+    db = tmp_path / "busy.duckdb"
+    store = DuckDBStore(db, hold=120)  # only a reader's signal can end this burst before 120 s
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        k = 0
+        while not stop.is_set():
+            store.write(Batch("auditevents", make_events("auditevents", 1, k), NOW), None)
+            k += 1
+            time.sleep(0.01)
+
+    store.write(Batch("auditevents", make_events("auditevents", 1, 10_000), NOW), None)  # holds the file
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        reader = subprocess.run(
+            [sys.executable, "-c", READ_ONCE, str(db)], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        stop.set()
+        writer.join()
+        store.close()
+    assert reader.returncode == 0, reader.stderr  # got in well within its 30 s, not after 120 s
+    assert int(reader.stdout) >= 1
+    signal = storefile.reader_signal_path(db)
+    assert stat.S_IMODE(signal.stat().st_mode) == 0o600
+
+
+READ_ONCE = """
+import sys
+from opsentinel.store_read import open_reader
+con = open_reader(sys.argv[1], wait=30)
+print(con.execute('SELECT count(*) FROM "OnePasswordEventLogs_CL"').fetchall()[0][0])
+con.close()
+"""
