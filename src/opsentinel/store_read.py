@@ -1,9 +1,10 @@
 """The read side of the DuckDB store, for `op-sentinel status` and `op-sentinel query`.
 
 Readers run in their own process, possibly while `op-sentinel run` writes the same file. They open
-it read-only, waiting (up to `wait` seconds) while the writer holds it: the writer gives the file up
-between short bursts (see `sinks.duckdb`), so a reader waits a moment but does not fail. A reader
-never creates a store: a missing file is StoreError("no store at <path>").
+it read-only, waiting (up to `wait` seconds) while the writer holds it: a waiting reader touches
+`<store>.wait` and the writer gives the file up after its current transaction (see `sinks.duckdb`),
+so a reader waits a moment but does not fail. A reader never creates a store: a missing file is
+StoreError("no store at <path>").
 
 `run_query` is strictly read-only by construction, not by inspecting the SQL text: the connection
 is read-only (no INSERT, UPDATE, DELETE, CREATE, DROP), external access is disabled (no COPY TO, no

@@ -321,6 +321,23 @@ class EventsClient:
             startup=False,
         )
 
+    async def _send(
+        self, method: str, path: str, content: bytes | None, headers: dict[str, str] | None
+    ) -> httpx.Response:
+        """Send and read the whole response. httpx.Response sits in a reference cycle (with its
+        stream) that only the cycle collector frees, and `.content` would keep each page's body
+        alive with it; so the body is read here and the Response is handed on with a fresh,
+        acyclic copy of it."""
+        request = self._http.build_request(method, path, content=content, headers=headers)
+        streamed = await self._http.send(request, stream=True)
+        if streamed.is_stream_consumed:  # read by the transport already (an in-memory test double)
+            return streamed
+        try:
+            raw = b"".join([chunk async for chunk in streamed.aiter_raw()])
+        finally:
+            await streamed.aclose()
+        return httpx.Response(streamed.status_code, headers=streamed.headers, content=raw, request=request)
+
     # -- the one retry loop -----------------------------------------------------------------------
 
     async def _call(
@@ -342,7 +359,7 @@ class EventsClient:
             attempt += 1
             await self._limiter.acquire()
             try:
-                response = await self._http.request(method, path, content=content, headers=headers)
+                response = await self._send(method, path, content, headers)
             except httpx.TransportError as exc:
                 action = policy.classify(exc)
                 if action.should_retry and attempt < policy.max_attempts:
