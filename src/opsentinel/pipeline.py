@@ -77,6 +77,7 @@ class _Delivery:
     has_more: bool
     changes_cursor: bool
     plan_update: Callable[[BackfillPlan], BackfillPlan] | None = None
+    times: Sequence[datetime] | None = None  # each event's parsed timestamp, aligned with `events`
     batch: Batch | None = None  # a transactional sink's prepared rows (see _StreamRun.stage)
 
 
@@ -132,7 +133,7 @@ class _StreamRun:
             if nothing_new and target.backfill == self.committed.backfill:
                 pass  # an empty poll: no transaction needed
             elif p.sink.transactional:
-                batch = delivery.batch or Batch(delivery.stream, delivery.events, p.clock())
+                batch = delivery.batch or self.batch(delivery)
                 stored = await asyncio.to_thread(p.sink.write, batch, target)
                 assert stored is not None, "a transactional sink returns the stored checkpoint"
                 self.committed = stored
@@ -164,11 +165,14 @@ class _StreamRun:
         if not delivery.events:
             return
         p = self.pipeline
-        batch = Batch(delivery.stream, delivery.events, p.clock())
+        batch = self.batch(delivery)
         if p.sink.transactional:
             delivery.batch = p.sink.prepare(batch)
         else:
             p.sink.write(batch, None)
+
+    def batch(self, delivery: _Delivery) -> Batch:
+        return Batch(delivery.stream, delivery.events, self.pipeline.clock(), times=delivery.times)
 
     def report_rejected(self, page: Page) -> None:
         if page.rejected:
@@ -314,6 +318,7 @@ class Pipeline:
                     len(page.rejected),
                     page.has_more,
                     changes_cursor=page.cursor != committed.cursor,
+                    times=times,
                 )
             )
             committed = replace(committed, cursor=page.cursor)
@@ -440,6 +445,7 @@ class Pipeline:
                 page.has_more,
                 changes_cursor=True,
                 plan_update=_slice_progress(slice_id, page.cursor, newest, done),
+                times=times,
             )
             await asyncio.to_thread(run.stage, delivery)
             await run.commit(delivery, written=True)

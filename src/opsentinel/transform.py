@@ -221,14 +221,24 @@ def _utc(ingested_at: datetime) -> datetime:
 
 
 def to_columns(
-    log_source: str, events: Sequence[Mapping[str, Any]], ingested_at: datetime
+    log_source: str,
+    events: Sequence[Mapping[str, Any]],
+    ingested_at: datetime,
+    times: Sequence[datetime | None] | None = None,
 ) -> list[list[Any]]:
     """The rows of a batch, column-wise: 33 lists (in `schema.COLUMNS` order) of len(events) values.
 
     Same values as `to_row`; this is the fast path for sinks that load columns (Arrow, DuckDB).
+    `times` may give the events' `timestamp` values already parsed (as `source.page` parses them,
+    which reads every accepted timestamp as `parse_event_time` does); they fill `timestamp` as is.
     """
     now = _utc(ingested_at)
-    return [_column(kind, name, events, log_source, now) for _, kind, name in _COLUMN_SPEC]
+    if times is not None and len(times) != len(events):
+        raise ValueError("times must be aligned with events")
+    return [
+        list(times) if kind == "time" and times is not None else _column(kind, name, events, log_source, now)
+        for _, kind, name in _COLUMN_SPEC
+    ]
 
 
 def to_row(log_source: str, event: Mapping[str, Any], ingested_at: datetime) -> tuple[Any, ...]:

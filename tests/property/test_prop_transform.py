@@ -20,7 +20,7 @@ from opsentinel.sinks.sentinel_chunks import plan_chunks
 from opsentinel.source.page import parse_page
 from opsentinel.state import Checkpoint
 from opsentinel.timefmt import parse_rfc3339
-from opsentinel.transform import to_dcr_record, to_row
+from opsentinel.transform import to_columns, to_dcr_record, to_row
 
 INGESTED = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 STREAMS = st.sampled_from(["auditevents", "signinattempts", "itemusages"])
@@ -113,3 +113,11 @@ def test_duckdb_stores_any_accepted_page_once(tmp_path_factory: Any, stream: str
     finally:
         store.close()
     assert rows.get(stream, 0) == len({e["uuid"] for e in page.events})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=STREAMS, items=st.lists(events(), max_size=4))
+def test_the_times_a_page_parsed_fill_the_same_columns(stream: str, items: list[Any]) -> None:
+    # Sinks take the page's parsed times instead of parsing `timestamp` again: the rows must not change.
+    page = parse_page(stream, orjson.dumps({"cursor": "c1", "has_more": False, "items": items}), {})
+    assert to_columns(stream, page.events, INGESTED, page.times) == to_columns(stream, page.events, INGESTED)

@@ -19,12 +19,15 @@ from opsentinel.state import Checkpoint
 class Batch:
     """Events of one `log_source` (a stream name, or "healthevents"), as the API sent them.
 
-    `prepared` is the sink's own form of the rows when its `prepare` made one (else None).
+    `times`, when given, holds each event's `timestamp` as the page parser read it (aligned with
+    `events`), so a sink need not parse it again. `prepared` is the sink's own form of the rows when
+    its `prepare` made one (else None).
     """
 
     log_source: str
     events: Sequence[Mapping[str, Any]]
     ingested_at: datetime
+    times: Sequence[datetime] | None = None
     prepared: Any = None
 
 

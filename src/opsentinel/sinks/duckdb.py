@@ -358,7 +358,7 @@ class _Rows:
 
     @classmethod
     def of(cls, batch: Batch) -> _Rows:
-        columns = _unique_by_uuid(to_columns(batch.log_source, batch.events, batch.ingested_at))
+        columns = _unique_by_uuid(to_columns(batch.log_source, batch.events, batch.ingested_at, batch.times))
         table = pa.Table.from_arrays(
             [pa.array(col, type=f.type) for col, f in zip(columns, _ARROW_SCHEMA, strict=True)],
             schema=_ARROW_SCHEMA,

@@ -67,7 +67,7 @@ class JsonlSink:
             raise ValueError(
                 "the jsonl sink is not transactional: commit checkpoints to a FileCheckpointStore"
             )
-        columns = to_columns(batch.log_source, batch.events, batch.ingested_at)
+        columns = to_columns(batch.log_source, batch.events, batch.ingested_at, batch.times)
         payload = b"".join(
             orjson.dumps(row_object(row), option=_OPTIONS) + b"\n" for row in zip(*columns, strict=True)
         )
