@@ -158,18 +158,20 @@ class _StreamRun:
         if p.on_progress is not None:
             p.on_progress(self.spec.name, self.result)
 
-    def stage(self, delivery: _Delivery) -> None:
-        """Before the commit, blocking (a worker thread): a non-transactional sink gets the rows now;
-        a transactional one prepares them here, outside the stream lock, so that building one page's
-        rows overlaps storing another's."""
+    async def stage(self, delivery: _Delivery) -> None:
+        """Before the commit: a non-transactional sink gets the rows now; a transactional one
+        prepares them, outside the stream lock, so that building one page's rows overlaps storing
+        another's. One prepare at a time: it is pure Python, and more threads would only take the
+        interpreter lock from the thread that stores (it needs it back after every DuckDB call)."""
         if not delivery.events:
             return
         p = self.pipeline
         batch = self.batch(delivery)
         if p.sink.transactional:
-            delivery.batch = p.sink.prepare(batch)
+            async with p.prepare_turn:
+                delivery.batch = await asyncio.to_thread(p.sink.prepare, batch)
         else:
-            p.sink.write(batch, None)
+            await asyncio.to_thread(p.sink.write, batch, None)
 
     def batch(self, delivery: _Delivery) -> Batch:
         return Batch(delivery.stream, delivery.events, self.pipeline.clock(), times=delivery.times)
@@ -203,6 +205,7 @@ class Pipeline:
     backfill_workers: int = 8
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     on_progress: ProgressHook | None = None
+    prepare_turn: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1), repr=False)
 
     async def poll_cycle(
         self, streams: Sequence[StreamSpec], stop: asyncio.Event | None = None
@@ -342,7 +345,7 @@ class Pipeline:
                 item = await next_item
                 if item is None:
                     break
-                in_flight.append((item, asyncio.ensure_future(asyncio.to_thread(run.stage, item))))
+                in_flight.append((item, asyncio.ensure_future(run.stage(item))))
                 while len(in_flight) >= limit:
                     await self._commit_head(run, in_flight)
             while in_flight:
@@ -447,7 +450,7 @@ class Pipeline:
                 plan_update=_slice_progress(slice_id, page.cursor, newest, done),
                 times=times,
             )
-            await asyncio.to_thread(run.stage, delivery)
+            await run.stage(delivery)
             await run.commit(delivery, written=True)
             busy[slice_id] = page.has_more
             if new_slice is not None:
