@@ -32,6 +32,12 @@ def sim() -> SimulatorServer:
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _scratch_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `check` opens the default store, ./op-sentinel.duckdb: keep it out of the working tree.
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def token_file(tmp_path: Path, sim: SimulatorServer) -> Path:
     return write_token(tmp_path / "op-token", sim.token)
