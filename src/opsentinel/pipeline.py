@@ -205,7 +205,9 @@ class Pipeline:
     backfill_workers: int = 8
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     on_progress: ProgressHook | None = None
-    prepare_turn: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1), repr=False)
+    prepare_turn: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(1), init=False, repr=False
+    )
 
     async def poll_cycle(
         self, streams: Sequence[StreamSpec], stop: asyncio.Event | None = None
