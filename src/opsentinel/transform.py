@@ -44,7 +44,15 @@ import orjson
 
 from opsentinel.schema import COLUMN_NAMES, DCR_INPUT_COLUMNS
 
-__all__ = ["parse_event_time", "to_columns", "to_dcr_record", "to_row", "to_rows"]
+__all__ = [
+    "STRING_FIELDS",
+    "parse_event_time",
+    "to_column",
+    "to_columns",
+    "to_dcr_record",
+    "to_row",
+    "to_rows",
+]
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -93,10 +101,6 @@ def _as_int(value: Any) -> int | None:
     else:
         return None
     return result if _INT64_MIN <= result <= _INT64_MAX else None
-
-
-def _as_dynamic(value: Any) -> str | None:
-    return None if value is None else _json_text(value)
 
 
 def parse_event_time(value: Any) -> datetime | None:
@@ -177,13 +181,20 @@ _COLUMN_SPEC: Final[tuple[tuple[str, str, str], ...]] = (
 )
 if tuple(spec[0] for spec in _COLUMN_SPEC) != COLUMN_NAMES:  # pragma: no cover - import-time guard
     raise RuntimeError("transform column table is out of step with schema.COLUMNS")
+_SPEC_BY_COLUMN: Final = {column: (kind, name) for column, kind, name in _COLUMN_SPEC}
+
+STRING_FIELDS: Final[tuple[tuple[str, str], ...]] = tuple(
+    (column, name) for column, kind, name in _COLUMN_SPEC if kind == "string"
+)
+"""(column, API field) of the columns that hold a string field as received (non-strings converted)."""
 
 
 def _coalesced(event: Mapping[str, Any], child: str) -> str | None:
     """`tostring(coalesce(target_user.<child>, user.<child>))`, null kept as NULL."""
     for parent in ("target_user", "user"):
         container = event.get(parent)
-        if isinstance(container, Mapping):
+        # `type(...) is dict` first: the ABC check alone costs more than the lookup it guards.
+        if type(container) is dict or isinstance(container, Mapping):
             value = container.get(child)
             if value is not None:
                 return _as_string(value)
@@ -197,7 +208,10 @@ def _column(
     if kind == "string":
         return [v if (v := e.get(name)) is None or type(v) is str else _as_string(v) for e in events]
     if kind == "dynamic":
-        return [None if (v := e.get(name)) is None else _json_text(v) for e in events]
+        try:  # orjson straight away; `_json_text` only for a column holding what orjson refuses
+            return [None if (v := e.get(name)) is None else orjson.dumps(v).decode() for e in events]
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            return [None if (v := e.get(name)) is None else _json_text(v) for e in events]
     if kind == "time":
         return [parse_event_time(e.get(name)) for e in events]
     if kind == "int":
@@ -232,13 +246,24 @@ def to_columns(
     `times` may give the events' `timestamp` values already parsed (as `source.page` parses them,
     which reads every accepted timestamp as `parse_event_time` does); they fill `timestamp` as is.
     """
+    return [to_column(column, log_source, events, ingested_at, times) for column in COLUMN_NAMES]
+
+
+def to_column(
+    column: str,
+    log_source: str,
+    events: Sequence[Mapping[str, Any]],
+    ingested_at: datetime,
+    times: Sequence[datetime | None] | None = None,
+) -> list[Any]:
+    """One column of `to_columns` (by its name in `schema.COLUMNS`)."""
     now = _utc(ingested_at)
     if times is not None and len(times) != len(events):
         raise ValueError("times must be aligned with events")
-    return [
-        list(times) if kind == "time" and times is not None else _column(kind, name, events, log_source, now)
-        for _, kind, name in _COLUMN_SPEC
-    ]
+    kind, name = _SPEC_BY_COLUMN[column]
+    if kind == "time" and times is not None:
+        return list(times)
+    return _column(kind, name, events, log_source, now)
 
 
 def to_row(log_source: str, event: Mapping[str, Any], ingested_at: datetime) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.property.propstrategies import events, rfc3339
 
-from opsentinel.schema import COLUMNS, DCR_INPUT_COLUMNS
+from opsentinel.schema import COLUMN_NAMES, COLUMNS, DCR_INPUT_COLUMNS
 from opsentinel.sinks.base import Batch
 from opsentinel.sinks.duckdb import DuckDBStore
 from opsentinel.sinks.sentinel_chunks import plan_chunks
@@ -21,6 +21,7 @@ from opsentinel.source.page import parse_page
 from opsentinel.state import Checkpoint
 from opsentinel.timefmt import parse_rfc3339
 from opsentinel.transform import to_columns, to_dcr_record, to_row
+from opsentinel.transform_arrow import ARROW_SCHEMA, to_arrow
 
 INGESTED = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 STREAMS = st.sampled_from(["auditevents", "signinattempts", "itemusages"])
@@ -121,3 +122,16 @@ def test_the_times_a_page_parsed_fill_the_same_columns(stream: str, items: list[
     # Sinks take the page's parsed times instead of parsing `timestamp` again: the rows must not change.
     page = parse_page(stream, orjson.dumps({"cursor": "c1", "has_more": False, "items": items}), {})
     assert to_columns(stream, page.events, INGESTED, page.times) == to_columns(stream, page.events, INGESTED)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=STREAMS, items=st.lists(events(), max_size=5))
+def test_the_arrow_table_holds_exactly_the_columns_of_to_columns(stream: str, items: list[Any]) -> None:
+    # The DuckDB sink loads `to_arrow`, whose string columns take pyarrow's fast path when every value
+    # is a string (and the Python path otherwise): either way, the values of `to_columns`.
+    page = parse_page(stream, orjson.dumps({"cursor": "c1", "has_more": False, "items": items}), {})
+    table = to_arrow(stream, page.events, INGESTED, page.times)
+    assert table.schema == ARROW_SCHEMA
+    assert table.to_pydict() == dict(
+        zip(COLUMN_NAMES, to_columns(stream, page.events, INGESTED, page.times), strict=True)
+    )

@@ -21,14 +21,13 @@ rows without one. Measured on 2M audit events in 1000-event batches (2 shared co
                                   the insert grows to ~50 ms per batch at 2M rows; file 147 MB
 
 so no index is kept on the event table. The checkpoint and status tables are tiny and keyed.
-Whole `write` calls (transform, Arrow, insert, commit, the periodic close): ~30k events/s.
 
-Bulk insert. A batch becomes column lists (`transform.to_columns`), then one Arrow table (dynamic
-columns as Arrow's JSON type, so DuckDB does not parse our own JSON text again), inserted with one
-INSERT ... SELECT (never row by row). `prepare` builds the table ahead of `write`, so the pipeline
-builds one page's table while another page is being stored. DuckDB gets `memory_limit` (32 MB: the
-store's share of the connector's 300 MB budget; more only raises RSS, a 1000-row batch needs far
-less) and one thread.
+Bulk insert. A batch becomes one Arrow table (`transform_arrow.to_arrow`: the values of
+`transform.to_columns`, dynamic columns as Arrow's JSON type, so DuckDB does not parse our own JSON
+text again), inserted with one INSERT ... SELECT (never row by row). `prepare` builds the table ahead
+of `write`, so the pipeline builds one page's table while another page is being stored. DuckDB
+gets `memory_limit` (32 MB: the store's share of the connector's 300 MB budget; more only raises RSS,
+a 1000-row batch needs far less) and one thread.
 
 Sharing the file with readers. DuckDB admits one read-write process or many read-only ones. The
 writer therefore holds the file only in bursts: a connection is opened for a transaction, reused by
@@ -62,26 +61,19 @@ from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from opsentinel import storefile
 from opsentinel.errors import CheckpointConflict
-from opsentinel.schema import COLUMN_NAMES, COLUMNS, TABLE_NAME
+from opsentinel.schema import COLUMN_NAMES, TABLE_NAME
 from opsentinel.sinks.base import Batch
 from opsentinel.state import Checkpoint, StreamStatus
-from opsentinel.transform import to_columns
+from opsentinel.transform_arrow import to_arrow
 
 __all__ = ["DuckDBStore"]
 
 log = logging.getLogger(__name__)
 
-_ARROW_TYPES: Final = {
-    "string": pa.string(),
-    # JSON text we wrote with orjson: as Arrow's JSON type DuckDB stores it without parsing it again.
-    "dynamic": pa.json_(),
-    "datetime": pa.timestamp("us", tz="UTC"),
-    "int": pa.int64(),
-}
-_ARROW_SCHEMA: Final = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in COLUMNS])
 _UUID: Final = COLUMN_NAMES.index("uuid_s")
 _TIMESTAMP: Final = COLUMN_NAMES.index("timestamp")
 _BATCH_VIEW: Final = "opsentinel_batch"
@@ -351,45 +343,47 @@ class DuckDBStore:
 
 @dataclass(frozen=True)
 class _Rows:
-    """A batch as DuckDB takes it: one Arrow table (duplicate uuids dropped) and its event times."""
+    """A batch as DuckDB takes it: one Arrow table, duplicate uuids dropped (the first one kept)."""
 
     table: pa.Table
-    times: list[datetime | None]
 
     @classmethod
     def of(cls, batch: Batch) -> _Rows:
-        columns = _unique_by_uuid(to_columns(batch.log_source, batch.events, batch.ingested_at, batch.times))
-        table = pa.Table.from_arrays(
-            [pa.array(col, type=f.type) for col, f in zip(columns, _ARROW_SCHEMA, strict=True)],
-            schema=_ARROW_SCHEMA,
-        )
-        return cls(table, columns[_TIMESTAMP])
+        table = to_arrow(batch.log_source, batch.events, batch.ingested_at, batch.times)
+        return cls(_unique_by_uuid(table))
+
+    def time_range(self) -> tuple[datetime | None, datetime | None, bool]:
+        """(earliest, latest, whether some row has no timestamp) of the rows' `timestamp`."""
+        times = self.table.column(_TIMESTAMP)
+        bounds = pc.min_max(times)
+        return bounds["min"].as_py(), bounds["max"].as_py(), times.null_count > 0
 
 
-def _unique_by_uuid(columns: list[list[Any]]) -> list[list[Any]]:
+def _unique_by_uuid(table: pa.Table) -> pa.Table:
     """Drop rows whose uuid already appeared earlier in the batch (rows without a uuid are kept)."""
+    uuids = table.column(_UUID)
+    if uuids.null_count == 0 and len(pc.unique(uuids)) == len(uuids):
+        return table
     seen: set[str] = set()
     keep: list[int] = []
-    for i, uuid in enumerate(columns[_UUID]):
+    for i, uuid in enumerate(uuids.to_pylist()):
         if uuid is None:
             keep.append(i)
         elif uuid not in seen:
             seen.add(uuid)
             keep.append(i)
-    if len(keep) == len(columns[_UUID]):
-        return columns
-    return [[col[i] for i in keep] for col in columns]
+    return table if len(keep) == len(uuids) else table.take(keep)
 
 
 def _insert_new(con: duckdb.DuckDBPyConnection, log_source: str, rows: _Rows) -> int:
     """INSERT the rows whose uuid is not stored yet for `log_source`; the count inserted."""
-    present = [t for t in rows.times if t is not None]
+    earliest, latest, some_without = rows.time_range()
     parts: list[str] = []
     params: list[Any] = []
-    if present:
+    if earliest is not None:
         parts.append(_EXISTING + '"timestamp" BETWEEN ? AND ?')
-        params += [log_source, min(present), max(present)]
-    if len(present) < len(rows.times):
+        params += [log_source, earliest, latest]
+    if some_without:
         parts.append(_EXISTING + '"timestamp" IS NULL')
         params.append(log_source)
     sql = (
