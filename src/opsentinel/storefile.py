@@ -37,11 +37,13 @@ SCHEMA_VERSION: Final = 1
 CHECKPOINTS_TABLE: Final = "opsentinel_checkpoints"
 STATUS_TABLE: Final = "opsentinel_stream_status"
 META_TABLE: Final = "opsentinel_schema"
+_CATALOG: Final = "opsentinel_store"  # the store's name when it is attached (see `_open`)
 
 _BUSY_MARKERS: Final = (
     "could not set lock",
     "conflicting lock",
     "different configuration than existing connections",  # same process, other mode: ours, brief
+    "unique file handle conflict",  # same process, the writer has it attached (see `_open`): brief
 )
 
 _DDL: Final = (
@@ -100,12 +102,14 @@ def connect(
     read_only: bool,
     wait: float,
     config: Mapping[str, Any] | None = None,
+    row_group_size: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> duckdb.DuckDBPyConnection:
     """Open `path`, retrying while another process holds it, for at most `wait` seconds.
 
     A read-only open never creates a file: a missing one is StoreError("no store at <path>"). The
     connection's TimeZone is UTC. Every failure is a one-line StoreError naming the path.
+    `row_group_size` (a multiple of 2048) sets the size of the row groups this connection writes.
     """
     if read_only and not path.exists():
         raise StoreError(f"no store at {path}")
@@ -113,7 +117,7 @@ def connect(
     pause = 0.005
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only, config=dict(config or {}))
+            con = _open(path, read_only=read_only, config=dict(config or {}), row_group_size=row_group_size)
         except duckdb.Error as exc:
             if not is_busy(exc) or time.monotonic() >= deadline:
                 raise store_error(exc, path) from exc
@@ -131,6 +135,25 @@ def connect(
         # Randomised short sleeps: the holder (a reader, or the writer between bursts) lets go soon.
         sleep(min(pause * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
         pause = min(pause * 1.6, 0.03)
+
+
+def _open(
+    path: Path, *, read_only: bool, config: dict[str, Any], row_group_size: int | None
+) -> duckdb.DuckDBPyConnection:
+    if row_group_size is None:
+        return duckdb.connect(str(path), read_only=read_only, config=config)
+    # The row group size is an ATTACH option (not stored in the file), so the file is attached to
+    # an in-memory instance. Spill files stay where DuckDB puts a file database's: <store>.tmp.
+    con = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp", **config})
+    try:
+        mode = ", READ_ONLY" if read_only else ""
+        literal = "'" + str(path).replace("'", "''") + "'"
+        con.execute(f"ATTACH {literal} AS {_CATALOG} (ROW_GROUP_SIZE {int(row_group_size)}{mode})")
+        con.execute(f"USE {_CATALOG}")
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def reader_signal_path(path: Path) -> Path:

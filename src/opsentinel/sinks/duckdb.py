@@ -25,7 +25,8 @@ so no index is kept on the event table. The checkpoint and status tables are tin
 Bulk insert. A batch becomes one Arrow table (`transform_arrow.to_arrow`: the values of
 `transform.to_columns`, dynamic columns as Arrow's JSON type, so DuckDB does not parse our own JSON
 text again), inserted with one INSERT ... SELECT (never row by row). `prepare` builds the table ahead
-of `write`, so the pipeline builds one page's table while another page is being stored. DuckDB
+of `write`, so the pipeline builds one page's table while another page is being stored.
+The writer attaches the file with row groups of `ROW_GROUP_SIZE` rows (see there). DuckDB
 gets `memory_limit` (32 MB: the store's share of the connector's 300 MB budget; more only raises RSS,
 a 1000-row batch needs far less) and one thread.
 
@@ -74,6 +75,11 @@ __all__ = ["DuckDBStore"]
 
 log = logging.getLogger(__name__)
 
+ROW_GROUP_SIZE: Final = 16_384
+"""Rows per row group the writer makes (DuckDB's default is 122,880). Each checkpoint compresses the
+last, partly filled row group again; with small row groups that is little. Measured on 300 pages of
+1,000 events with a checkpoint every ~22 pages: 25-31 ms of CPU per page at 122,880 rows, 18-21 ms
+at 16,384; the file is 19.0 MB instead of 23.5 MB."""
 _UUID: Final = COLUMN_NAMES.index("uuid_s")
 _TIMESTAMP: Final = COLUMN_NAMES.index("timestamp")
 _BATCH_VIEW: Final = "opsentinel_batch"
@@ -167,7 +173,13 @@ class _BurstConnection:
         pause = self._gap - (time.monotonic() - self._closed_at)
         if pause > 0:
             time.sleep(pause)  # let a waiting reader in between two bursts
-        con = storefile.connect(self.path, read_only=False, wait=self._lock_wait, config=self._config)
+        con = storefile.connect(
+            self.path,
+            read_only=False,
+            wait=self._lock_wait,
+            config=self._config,
+            row_group_size=ROW_GROUP_SIZE,
+        )
         try:
             storefile.ensure_schema(con, self.path, self._clock())
         except duckdb.Error as exc:

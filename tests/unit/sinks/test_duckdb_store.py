@@ -19,7 +19,7 @@ from opsentinel import storefile
 from opsentinel.errors import CheckpointConflict, StoreError
 from opsentinel.schema import COLUMNS, TABLE_NAME
 from opsentinel.sinks.base import Batch
-from opsentinel.sinks.duckdb import DuckDBStore
+from opsentinel.sinks.duckdb import ROW_GROUP_SIZE, DuckDBStore
 from opsentinel.state import Checkpoint
 
 NOW = datetime(2026, 5, 1, 8, 30, tzinfo=UTC)
@@ -288,3 +288,26 @@ con = open_reader(sys.argv[1], wait=30)
 print(con.execute('SELECT count(*) FROM "OnePasswordEventLogs_CL"').fetchall()[0][0])
 con.close()
 """
+
+
+def test_the_writer_makes_small_row_groups(store: DuckDBStore, db: Path) -> None:
+    # Each checkpoint compresses the last, partly filled row group again: small ones keep that cheap.
+    cp = Checkpoint("a", "auditevents")
+    for page in range(40):
+        cp = store.write(Batch("auditevents", make_events("auditevents", 1000, page * 1000), NOW), cp)
+    store.close()
+    con = duckdb.connect(str(db), read_only=True)
+    sizes = con.execute(
+        "SELECT row_group_id, max(count) FROM pragma_storage_info(?) GROUP BY row_group_id", [TABLE_NAME]
+    ).fetchall()
+    con.close()
+    assert sum(n for _, n in sizes) == 40_000
+    assert max(n for _, n in sizes) <= ROW_GROUP_SIZE < 122_880
+
+
+def test_the_writer_spills_beside_the_store_not_in_the_working_directory(
+    store: DuckDBStore, db: Path
+) -> None:
+    with store._conn.transaction() as con:
+        (spill,) = con.execute("SELECT current_setting('temp_directory')").fetchall()[0]
+    assert Path(spill) == Path(f"{db}.tmp")
