@@ -109,7 +109,7 @@ def connect(
 
     A read-only open never creates a file: a missing one is StoreError("no store at <path>"). The
     connection's TimeZone is UTC. Every failure is a one-line StoreError naming the path.
-    `row_group_size` (a multiple of 2048) sets the size of the row groups this connection writes.
+    `row_group_size` (a multiple of 2048) sets the size of the row groups a writer makes.
     """
     if read_only and not path.exists():
         raise StoreError(f"no store at {path}")
@@ -140,15 +140,14 @@ def connect(
 def _open(
     path: Path, *, read_only: bool, config: dict[str, Any], row_group_size: int | None
 ) -> duckdb.DuckDBPyConnection:
-    if row_group_size is None:
+    if row_group_size is None or read_only:  # a reader writes no row groups
         return duckdb.connect(str(path), read_only=read_only, config=config)
     # The row group size is an ATTACH option (not stored in the file), so the file is attached to
     # an in-memory instance. Spill files stay where DuckDB puts a file database's: <store>.tmp.
     con = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp", **config})
     try:
-        mode = ", READ_ONLY" if read_only else ""
         literal = "'" + str(path).replace("'", "''") + "'"
-        con.execute(f"ATTACH {literal} AS {_CATALOG} (ROW_GROUP_SIZE {int(row_group_size)}{mode})")
+        con.execute(f"ATTACH {literal} AS {_CATALOG} (ROW_GROUP_SIZE {int(row_group_size)})")
         con.execute(f"USE {_CATALOG}")
     except BaseException:
         con.close()

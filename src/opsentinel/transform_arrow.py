@@ -42,7 +42,11 @@ def to_arrow(
     ingested_at: datetime,
     times: Sequence[datetime | None] | None = None,
 ) -> pa.Table:
-    """`to_columns(log_source, events, ingested_at, times)` as a table of `ARROW_SCHEMA`."""
+    """`to_columns(log_source, events, ingested_at, times)` as a table of `ARROW_SCHEMA`.
+
+    `events` hold JSON values, as the API sends them. (A `bytes` value, which JSON cannot hold, would
+    be read as UTF-8 text by the fast path instead of taking `tostring`'s form.)
+    """
     strings = _string_arrays(events)
     arrays = [
         strings[f.name]
