@@ -246,7 +246,8 @@ def to_columns(
     `times` may give the events' `timestamp` values already parsed (as `source.page` parses them,
     which reads every accepted timestamp as `parse_event_time` does); they fill `timestamp` as is.
     """
-    return [to_column(column, log_source, events, ingested_at, times) for column in COLUMN_NAMES]
+    now = _checked_now(events, ingested_at, times)
+    return [_column_or_times(column, log_source, events, now, times) for column in COLUMN_NAMES]
 
 
 def to_column(
@@ -257,9 +258,26 @@ def to_column(
     times: Sequence[datetime | None] | None = None,
 ) -> list[Any]:
     """One column of `to_columns` (by its name in `schema.COLUMNS`)."""
+    now = _checked_now(events, ingested_at, times)
+    return _column_or_times(column, log_source, events, now, times)
+
+
+def _checked_now(
+    events: Sequence[Mapping[str, Any]], ingested_at: datetime, times: Sequence[datetime | None] | None
+) -> datetime:
     now = _utc(ingested_at)
     if times is not None and len(times) != len(events):
         raise ValueError("times must be aligned with events")
+    return now
+
+
+def _column_or_times(
+    column: str,
+    log_source: str,
+    events: Sequence[Mapping[str, Any]],
+    now: datetime,
+    times: Sequence[datetime | None] | None,
+) -> list[Any]:
     kind, name = _SPEC_BY_COLUMN[column]
     if kind == "time" and times is not None:
         return list(times)
