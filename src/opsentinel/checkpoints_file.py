@@ -2,8 +2,10 @@
 
 Layout under the state directory (`--state`, default `.op-sentinel/`):
 
+    run.lock                                   the running writer's lock (see writerlock)
     checkpoints/.lock                          fcntl lock: commit-if-unchanged across processes
     checkpoints/<account>/<stream>.json        one Checkpoint
+    ledger/<account>/<stream>.jsonl            the delivered-uuid ledger (see ledger): appended
     status/<account>/<stream>.json             one StreamStatus
 
 Names are percent-encoded (anything but letters, digits, `-` and `_`), so no account or stream can
@@ -14,6 +16,10 @@ directories: a crash leaves the old file or the new one, never a torn one.
 A checkpoint file that cannot be read or parsed is a StoreError naming it, never a silent fresh
 start (which would re-read up to 120 days of history, or skip it). A failed write (read-only
 directory, full disk) is a StoreError and leaves the previous file as it was.
+
+The ledger is a log: each append is one line `{"u": [uuids], "t": [epoch microseconds]}`, written and
+fsync'ed before `append_ledger` returns. A line cut short by a crash was never acknowledged; loading
+ignores it and the next append cuts it off. Compaction rewrites the file atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import fcntl
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,6 +40,7 @@ import orjson
 
 from opsentinel.errors import CheckpointConflict, StoreError
 from opsentinel.state import Checkpoint, StreamStatus
+from opsentinel.writerlock import WriterLock
 
 __all__ = ["FORMAT_VERSION", "FileCheckpointStore"]
 
@@ -68,8 +75,15 @@ class FileCheckpointStore:
         self.state_dir = Path(state_dir)
         self._checkpoints = self.state_dir / "checkpoints"
         self._status = self.state_dir / "status"
+        self._ledger = self.state_dir / "ledger"
         self._clock = clock
         self._thread_lock = threading.Lock()
+        self._ledger_lock = threading.Lock()
+        self._ledger_sizes: dict[Path, int] = {}  # ledger file -> length of its whole lines
+
+    def writer_lock(self) -> WriterLock:
+        """The lock a `run` holds on this state directory (see writerlock)."""
+        return WriterLock(self.state_dir / "run.lock", f"the state directory {self.state_dir}")
 
     def __repr__(self) -> str:
         return f"FileCheckpointStore({str(self.state_dir)!r})"
@@ -144,6 +158,82 @@ class FileCheckpointStore:
                 out.append(_status(data, path))
         return sorted(out, key=lambda s: (s.account, s.stream))
 
+    # LedgerStore -------------------------------------------------------------------------------
+
+    def load_ledger(self, account: str, stream: str) -> builtins.list[tuple[str, int]]:
+        path = self._ledger_path(account, stream)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            self._ledger_sizes[path] = 0
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read the ledger file {path}: {_reason(exc)}") from exc
+        entries: builtins.list[tuple[str, int]] = []
+        whole = 0
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # cut short by a crash: never acknowledged
+            try:
+                data = orjson.loads(line)
+                uuids, times = data["u"], data["t"]
+                if len(uuids) != len(times):
+                    raise ValueError("u and t differ in length")
+                entries.extend((str(u), int(t)) for u, t in zip(uuids, times, strict=True))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise StoreError(f"the ledger file {path} is corrupt ({exc}); fix or remove it") from exc
+            whole += len(line)
+        self._ledger_sizes[path] = whole
+        return entries
+
+    def append_ledger(self, account: str, stream: str, entries: Sequence[tuple[str, int]]) -> None:
+        if not entries:
+            return
+        path = self._ledger_path(account, stream)
+        line = orjson.dumps({"u": [u for u, _ in entries], "t": [t for _, t in entries]}) + b"\n"
+        with self._ledger_lock:
+            try:
+                _make_private_dirs(path.parent)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    end = self._ledger_sizes.get(path)
+                    if end is None or os.fstat(fd).st_size != end:
+                        end = self._whole_lines(fd)
+                        os.ftruncate(fd, end)  # a line cut short by a crash
+                    view = memoryview(line)
+                    offset = end
+                    while view:
+                        written = os.pwrite(fd, view, offset)
+                        view, offset = view[written:], offset + written
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self._ledger_sizes.pop(path, None)
+                raise StoreError(f"cannot write the ledger file {path}: {_reason(exc)}") from exc
+            self._ledger_sizes[path] = end + len(line)
+
+    def rewrite_ledger(self, account: str, stream: str, entries: Sequence[tuple[str, int]]) -> None:
+        path = self._ledger_path(account, stream)
+        payload = (
+            orjson.dumps({"u": [u for u, _ in entries], "t": [t for _, t in entries]}) + b"\n"
+            if entries
+            else b""
+        )
+        with self._ledger_lock:
+            self._write_bytes(path, payload)
+            self._ledger_sizes[path] = len(payload)
+
+    def _ledger_path(self, account: str, stream: str) -> Path:
+        return self._ledger / _encode(account) / f"{_encode(stream)}.jsonl"
+
+    @staticmethod
+    def _whole_lines(fd: int) -> int:
+        """The length of the file's whole lines (up to and including its last newline)."""
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0)
+        return data.rfind(b"\n") + 1
+
     # files -------------------------------------------------------------------------------------
 
     @staticmethod
@@ -172,6 +262,9 @@ class FileCheckpointStore:
                 version=_typed(data, "version", int),
                 updated_at=_time(data, "updated_at"),
                 backfill=_optional(data, "backfill", dict),
+                live_start=_time(data, "live_start"),
+                events_duplicate=_optional(data, "events_duplicate", int) or 0,
+                events_dead_lettered=_optional(data, "events_dead_lettered", int) or 0,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"the checkpoint file {path} is corrupt ({exc}); fix or remove it") from exc
@@ -182,8 +275,11 @@ class FileCheckpointStore:
         return cp
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
-        """Atomically replace `path` with `data` (tmp in the same directory, fsync, rename, fsync dir)."""
-        payload = orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+        self._write_bytes(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+    @staticmethod
+    def _write_bytes(path: Path, payload: bytes) -> None:
+        """Atomically replace `path` with `payload` (tmp in the same directory, fsync, rename, fsync dir)."""
         try:
             _make_private_dirs(path.parent)
             tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -275,6 +371,9 @@ def _checkpoint_json(cp: Checkpoint) -> dict[str, Any]:
         "version": cp.version,
         "updated_at": _time_text(cp.updated_at),
         "backfill": cp.backfill,
+        "live_start": _time_text(cp.live_start),
+        "events_duplicate": cp.events_duplicate,
+        "events_dead_lettered": cp.events_dead_lettered,
     }
 
 

@@ -125,6 +125,14 @@ BackfillOpt = Annotated[
         "[env OP_SENTINEL_BACKFILL_WORKERS; default 8]",
     ),
 ]
+LateWindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--late-window",
+        help="How late an event may reach the API after its own time and still be collected on every "
+        "path (hand-over, restarts, a rejected cursor), e.g. 24h [env OP_SENTINEL_LATE_WINDOW; default 24h]",
+    ),
+]
 CustomHostOpt = Annotated[
     bool | None,
     typer.Option(
@@ -217,6 +225,7 @@ def run(
     poll_interval: PollOpt = None,
     health_interval: HealthOpt = None,
     backfill_workers: BackfillOpt = None,
+    late_window: LateWindowOpt = None,
     allow_custom_host: CustomHostOpt = None,
     log_level: LogLevelOpt = None,
     progress: Annotated[
@@ -247,6 +256,7 @@ def run(
         poll_interval=poll_interval,
         health_interval=health_interval,
         backfill_workers=backfill_workers,
+        late_window=late_window,
         allow_custom_host=allow_custom_host,
         log_level=log_level,
     )

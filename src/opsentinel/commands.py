@@ -26,7 +26,7 @@ def run_check(settings: Settings) -> None:
 
 
 async def _check(settings: Settings) -> None:
-    connector = await Connector.start(settings)
+    connector = await Connector.start(settings, lock=False)
     try:
         info = connector.introspection
         host = connector.base_url.split("://", 1)[1]
@@ -75,7 +75,7 @@ def _progress(enabled: bool, connector: Connector) -> Iterator[None]:
 
 async def run_async(settings: Settings, *, once: bool, progress: bool) -> int:
     """The body of `run`: start, drain once or poll until SIGINT/SIGTERM, close. Returns the exit status."""
-    stop = asyncio.Event()
+    stop = _Stop()
     loop = asyncio.get_running_loop()
     handled = _install_signals(loop, stop)
     connector = await Connector.start(settings)
@@ -89,7 +89,7 @@ async def run_async(settings: Settings, *, once: bool, progress: bool) -> int:
         with _progress(progress and once, connector):
             if once:
                 results = await connector.poll_cycle(stop)
-                return _report_once(results)
+                return _report_once(results, stopped_by=stop.signal if stop.is_set() else None)
             await connector.run_forever(stop)
             return 0
     finally:
@@ -98,7 +98,13 @@ async def run_async(settings: Settings, *, once: bool, progress: bool) -> int:
             loop.remove_signal_handler(sig)
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[signal.Signals]:
+class _Stop(asyncio.Event):
+    """The stop request, remembering which signal made it."""
+
+    signal: signal.Signals | None = None
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> list[signal.Signals]:
     """SIGINT/SIGTERM set `stop` (graceful drain). Only possible on the main thread."""
     handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,19 +116,31 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> li
     return handled
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+def _on_signal(stop: _Stop, sig: signal.Signals) -> None:
     if stop.is_set():
         return
     log.info("received %s: finishing the page in flight, saving checkpoints", sig.name)
+    stop.signal = sig
     stop.set()
 
 
-def _report_once(results: list[StreamResult]) -> int:
+def _report_once(results: list[StreamResult], stopped_by: signal.Signals | None = None) -> int:
+    """Print one line per stream; the exit status: 0 when every stream is up to date, 1 when one
+    failed, 128 + the signal number when a signal stopped a stream before it was up to date."""
     failed = [r for r in results if r.error]
+    stopped = [r for r in results if r.stopped and not r.error]
     for r in results:
         span = f"{format_rfc3339(r.oldest)} .. {format_rfc3339(r.newest)}" if r.oldest and r.newest else "-"
-        state = f"FAILED: {r.error}" if r.error else "ok"
-        print(f"{r.stream:<15} {r.events:>9,} events  {r.pages:>6,} pages  {span}  {state}", file=sys.stderr)
+        state = f"FAILED: {r.error}" if r.error else "stopped" if r.stopped else "ok"
+        extra = ""
+        if r.duplicates:
+            extra += f"  {r.duplicates:,} already delivered"
+        if r.dead_lettered:
+            extra += f"  {r.dead_lettered:,} dead-lettered"
+        print(
+            f"{r.stream:<15} {r.events:>9,} events  {r.pages:>6,} pages  {span}  {state}{extra}",
+            file=sys.stderr,
+        )
     if failed:
         names = ", ".join(r.stream for r in failed)
         print(
@@ -130,4 +148,13 @@ def _report_once(results: list[StreamResult]) -> int:
             file=sys.stderr,
         )
         return 1
+    if stopped:
+        names = ", ".join(r.stream for r in stopped)
+        why = f" ({stopped_by.name})" if stopped_by is not None else ""
+        print(
+            f"stopped{why} before {names} caught up; the checkpoints keep what was delivered and the next "
+            "run continues from there",
+            file=sys.stderr,
+        )
+        return 128 + int(stopped_by) if stopped_by is not None else 1
     return 0

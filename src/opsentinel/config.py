@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 SinkName = Literal["duckdb", "sentinel", "jsonl"]
 
 RETENTION = timedelta(days=120)
+# Requests never ask for the very edge of retention: by the time one arrives, it would be past it.
+RETENTION_MARGIN = timedelta(minutes=10)
 DEFAULT_LOOKBACK = timedelta(days=7)
+DEFAULT_LATE_WINDOW = timedelta(hours=24)
 DEFAULT_CONFIG_FILE = "op-sentinel.toml"
 
 
@@ -57,6 +60,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("poll_interval", "OP_SENTINEL_POLL_INTERVAL"),
     SettingSpec("health_interval", "OP_SENTINEL_HEALTH_INTERVAL"),
     SettingSpec("backfill_workers", "OP_SENTINEL_BACKFILL_WORKERS"),
+    SettingSpec("late_window", "OP_SENTINEL_LATE_WINDOW"),
     SettingSpec("allow_custom_host", "OP_SENTINEL_ALLOW_CUSTOM_HOST"),
     SettingSpec("log_level", "OP_SENTINEL_LOG_LEVEL"),
 )
@@ -84,6 +88,7 @@ class Settings(BaseModel):
     poll_interval: timedelta = timedelta(seconds=10)
     health_interval: timedelta = timedelta(minutes=15)
     backfill_workers: int = Field(default=8, ge=0, le=32)
+    late_window: timedelta = DEFAULT_LATE_WINDOW
     allow_custom_host: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -108,7 +113,7 @@ class Settings(BaseModel):
             return parse_rfc3339(value)
         return value
 
-    @field_validator("lookback", "poll_interval", "health_interval", mode="before")
+    @field_validator("lookback", "poll_interval", "health_interval", "late_window", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -120,6 +125,15 @@ class Settings(BaseModel):
     def _positive(cls, value: timedelta) -> timedelta:
         if value.total_seconds() <= 0:
             raise ValueError("must be more than 0s")
+        return value
+
+    @field_validator("late_window")
+    @classmethod
+    def _late_window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        if value > RETENTION:
+            raise ValueError("must be at most 120d (the API keeps events 120 days)")
         return value
 
     @field_validator("allow_custom_host", mode="before")
@@ -145,7 +159,7 @@ class Settings(BaseModel):
             start = self.since
         else:
             start = now - (self.lookback or DEFAULT_LOOKBACK)
-        oldest = now - RETENTION
+        oldest = retention_floor(now)
         if start < oldest:
             return (
                 oldest,
@@ -245,6 +259,11 @@ def load_settings(
         where = origin.get(name, name)
         raise ConfigError(f"invalid {name} ({where}): {msg}") from None
     return settings
+
+
+def retention_floor(now: datetime) -> datetime:
+    """The oldest start time worth asking the API for at `now` (120 days, less a margin)."""
+    return now - RETENTION + RETENTION_MARGIN
 
 
 def now_utc() -> datetime:

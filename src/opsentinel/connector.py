@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from opsentinel.config import Settings
 from opsentinel.destination import Destination, open_destination
-from opsentinel.errors import AuthError
+from opsentinel.errors import AuthError, OpSentinelError
 from opsentinel.events import Introspection
 from opsentinel.pipeline import Pipeline, StreamResult
 from opsentinel.source.baseurl import base_url_from_token, validate_base_url
@@ -29,6 +29,8 @@ from opsentinel.timefmt import format_duration
 log = logging.getLogger("opsentinel")
 
 CLOCK_SKEW_WARNING = timedelta(minutes=5)
+STATUS_TRIES = 3
+STATUS_RETRY_DELAY = 0.5
 
 REGIONS = {
     "events.1password.com": "1password.com (US / Business)",
@@ -104,12 +106,14 @@ class Connector:
         limiter: RateLimiter | None = None,
         retry: RetryPolicy | None = None,
         startup_retry: RetryPolicy | None = None,
+        lock: bool = True,
     ) -> Connector:
         """Validate the base URL and token (introspect), choose streams, open the destination.
 
         `limiter` defaults to one RateLimiter for this token (the API's per-minute and per-hour
         budgets); `retry` (pages) and `startup_retry` (introspect) to the module's RETRY_POLICY and
-        STARTUP_RETRY_POLICY. Tests and benchmarks pass their own.
+        STARTUP_RETRY_POLICY. Tests and benchmarks pass their own. `lock` takes the store's
+        one-writer lock (a connector that delivers needs it; `check` does not).
         """
         token = settings.api_token()
         base_url = resolve_base_url(settings, token)
@@ -136,6 +140,8 @@ class Connector:
                 )
             account = info.account_uuid or token.claims.account or info.uuid
             dest = destination or open_destination(settings)
+            if lock:
+                dest.lock()
             _warn_clock_skew(client)
             first_start, clamp_warning = settings.first_run_start(client.api_now())
             telemetry = Telemetry(account=account)
@@ -147,6 +153,8 @@ class Connector:
                 first_start=first_start,
                 telemetry=telemetry,
                 backfill_workers=settings.backfill_workers,
+                late_window=settings.late_window,
+                ledgers=dest.ledgers,
             )
             connector = cls(settings, base_url, client, info, streams, skipped, dest, pipeline)
             await connector._warn_about_start(clamp_warning)
@@ -188,7 +196,17 @@ class Connector:
         return results
 
     async def record_status(self) -> None:
-        await asyncio.to_thread(self.destination.record_status, self.account, self.pipeline.telemetry)
+        """Persist each stream's status for `op-sentinel status`. Retried a few times, then
+        reported: a status that cannot be written must not stop the delivery of events."""
+        for attempt in range(1, STATUS_TRIES + 1):
+            try:
+                await asyncio.to_thread(self.destination.record_status, self.account, self.pipeline.telemetry)
+                return
+            except OpSentinelError as exc:
+                if attempt == STATUS_TRIES:
+                    log.warning("could not record stream status (tried %d times): %s", attempt, exc)
+                    return
+                await asyncio.sleep(STATUS_RETRY_DELAY * attempt)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Poll each stream, waiting `poll_interval` after each drain (backing off after failures),
@@ -204,14 +222,23 @@ class Connector:
         await self.pipeline.write_health()
 
     async def _poll_stream_forever(self, spec: StreamSpec, stop: asyncio.Event) -> None:
+        """Follow the stream (live cursor every poll interval, first-run history alongside); after a
+        failure, start again from the checkpoint with a growing pause."""
         interval = self.settings.poll_interval.total_seconds()
         failures = 0
-        while not stop.is_set():
-            result = await self.pipeline.drain_stream(spec, stop)
+
+        async def drained(_: StreamResult) -> None:
+            nonlocal failures
+            failures = 0
             await self.record_status()
-            failures = failures + 1 if result.error else 0
-            wait = interval if not failures else min(300.0, interval * 2 ** min(failures, 8))
-            await _wait(stop, wait)
+
+        while not stop.is_set():
+            result = await self.pipeline.follow_stream(spec, stop, interval, on_drained=drained)
+            await self.record_status()
+            if not result.error:
+                continue
+            failures += 1
+            await _wait(stop, min(300.0, interval * 2 ** min(failures, 8)))
 
     async def _health_forever(self, stop: asyncio.Event) -> None:
         interval = self.settings.health_interval.total_seconds()

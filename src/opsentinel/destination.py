@@ -12,22 +12,32 @@ from typing import Any
 
 from opsentinel.config import Settings
 from opsentinel.errors import ConfigError
+from opsentinel.ledger import LedgerStore
 from opsentinel.sinks.base import Sink
 from opsentinel.state import CheckpointStore, StatusStore, StreamStatus
 from opsentinel.telemetry import Telemetry
+from opsentinel.writerlock import WriterLock
 
 
 @dataclass
 class Destination:
-    """A sink with the stores that go with it."""
+    """A sink with the stores that go with it: checkpoints, stream status, the delivered-uuid ledgers
+    (None when the sink de-duplicates itself) and the one-writer lock of the store."""
 
     sink: Sink
     store: CheckpointStore
     status: StatusStore
     label: str
+    ledgers: LedgerStore | None = None
+    writer: WriterLock | None = None
 
     def describe(self) -> str:
         return self.label
+
+    def lock(self) -> None:
+        """Take the store's one-writer lock (StoreError naming the holder when another run has it)."""
+        if self.writer is not None:
+            self.writer.acquire()
 
     def record_status(self, account: str, telemetry: Telemetry) -> None:
         """Persist each stream's health so `op-sentinel status` (another process) can show it."""
@@ -47,7 +57,11 @@ class Destination:
             )
 
     def close(self) -> None:
-        self.sink.close()
+        try:
+            self.sink.close()
+        finally:
+            if self.writer is not None:
+                self.writer.release()
 
 
 def _make_parent_dirs(path: Path) -> None:
@@ -72,7 +86,7 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
 
         _make_parent_dirs(settings.db)
         store = DuckDBStore(settings.db)
-        return Destination(store, store, store, f"duckdb {settings.db}")
+        return Destination(store, store, store, f"duckdb {settings.db}", writer=store.writer_lock())
 
     from opsentinel.checkpoints_file import FileCheckpointStore
 
@@ -81,7 +95,14 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
         from opsentinel.sinks.jsonl import JsonlSink
 
         files.ensure_writable()  # now, not after the first delivery (see ensure_writable)
-        return Destination(JsonlSink(settings.jsonl_path), files, files, f"jsonl {settings.jsonl_path}")
+        return Destination(
+            JsonlSink(settings.jsonl_path),
+            files,
+            files,
+            f"jsonl {settings.jsonl_path}",
+            ledgers=files,
+            writer=files.writer_lock(),
+        )
 
     missing = [flag for flag, value in (("--dce", settings.dce), ("--dcr-id", settings.dcr_id)) if not value]
     if missing:
@@ -98,4 +119,11 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
         dead_letter_dir=settings.state,
         **sink_options,
     )
-    return Destination(sink, files, files, f"sentinel {settings.dce} {settings.dcr_id} {settings.stream}")
+    return Destination(
+        sink,
+        files,
+        files,
+        f"sentinel {settings.dce} {settings.dcr_id} {settings.stream}",
+        ledgers=files,
+        writer=files.writer_lock(),
+    )

@@ -16,9 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 class Checkpoint:
     """Where a stream stands after its last delivered page.
 
-    `cursor` is the Events API cursor to continue from (None before the first page). `version` is the
-    store's compare-and-set token: 0 means "never committed", every commit stores version + 1.
-    `backfill` holds per-slice progress of a parallel backfill (None when no backfill is running).
+    `cursor` is the live chain's Events API cursor (None before its first page). `live_start` is
+    where the live chain began on the stream's first run: it owns every event stamped at or after it,
+    and it is stored from the first commit on, so a restart never reads history again with it.
+    `newest_event_time` is the newest event time delivered. The counters: `events_delivered` (rows
+    the sink newly stored or accepted), `events_duplicate` (events dropped because they were
+    already delivered), `events_dead_lettered` (records the sink refused and set aside).
+    `version` is the store's compare-and-set token: 0 means "never committed", every commit stores
+    version + 1. `backfill` holds a first run's history plan (None when no backfill is running).
     """
 
     account: str
@@ -29,10 +34,22 @@ class Checkpoint:
     version: int = 0
     updated_at: datetime | None = None
     backfill: dict[str, Any] | None = field(default=None, compare=False)
+    live_start: datetime | None = None
+    events_duplicate: int = 0
+    events_dead_lettered: int = 0
 
     def advanced(self, **changes: Any) -> Checkpoint:
         """A copy with `changes` applied; the store sets version and updated_at on commit."""
         return replace(self, **changes)
+
+    def tallied(self, delivered: int, duplicate: int = 0, dead_lettered: int = 0) -> Checkpoint:
+        """A copy with one delivery's counts added."""
+        return replace(
+            self,
+            events_delivered=self.events_delivered + delivered,
+            events_duplicate=self.events_duplicate + duplicate,
+            events_dead_lettered=self.events_dead_lettered + dead_lettered,
+        )
 
 
 @runtime_checkable

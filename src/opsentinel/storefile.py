@@ -33,7 +33,7 @@ from opsentinel.errors import StoreError
 from opsentinel.schema import COLUMNS, TABLE_NAME
 from opsentinel.state import Checkpoint, StreamStatus
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 CHECKPOINTS_TABLE: Final = "opsentinel_checkpoints"
 STATUS_TABLE: Final = "opsentinel_stream_status"
 META_TABLE: Final = "opsentinel_schema"
@@ -53,7 +53,9 @@ _DDL: Final = (
     f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (
         account VARCHAR NOT NULL, stream VARCHAR NOT NULL, "cursor" VARCHAR,
         newest_event_time TIMESTAMPTZ, events_delivered BIGINT NOT NULL, version BIGINT NOT NULL,
-        updated_at TIMESTAMPTZ, backfill JSON, PRIMARY KEY (account, stream))""",
+        updated_at TIMESTAMPTZ, backfill JSON, live_start TIMESTAMPTZ,
+        events_duplicate BIGINT NOT NULL DEFAULT 0, events_dead_lettered BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (account, stream))""",
     f"""CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (
         account VARCHAR NOT NULL, stream VARCHAR NOT NULL, last_success TIMESTAMPTZ,
         last_error VARCHAR, last_error_at TIMESTAMPTZ, lag_seconds DOUBLE, rows_stored BIGINT NOT NULL,
@@ -61,7 +63,13 @@ _DDL: Final = (
 )
 
 # version -> statements that bring a file of version - 1 to it. Version 1 is the first layout.
-MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {}
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    2: (  # the live chain's durable start, and duplicates / dead letters counted apart (0.2)
+        f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS live_start TIMESTAMPTZ",
+        f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS events_duplicate BIGINT DEFAULT 0",
+        f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS events_dead_lettered BIGINT DEFAULT 0",
+    ),
+}
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -228,7 +236,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path, now: datetime) -> 
 # --- records <-> rows -------------------------------------------------------------------------
 
 CHECKPOINT_COLUMNS: Final = (
-    'account, stream, "cursor", newest_event_time, events_delivered, version, updated_at, backfill'
+    'account, stream, "cursor", newest_event_time, events_delivered, version, updated_at, backfill, '
+    "live_start, events_duplicate, events_dead_lettered"
 )
 STATUS_COLUMNS: Final = (
     "account, stream, last_success, last_error, last_error_at, lag_seconds, rows_stored, updated_at"
@@ -240,11 +249,12 @@ SELECT_CHECKPOINT: Final = (
 )
 SELECT_VERSION: Final = f"SELECT version FROM {CHECKPOINTS_TABLE} WHERE account = ? AND stream = ?"
 INSERT_CHECKPOINT: Final = (
-    f"INSERT INTO {CHECKPOINTS_TABLE} ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO {CHECKPOINTS_TABLE} ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPDATE_CHECKPOINT: Final = (  # parameters: the CHECKPOINT_COLUMNS order rotated by two (key last)
     f'UPDATE {CHECKPOINTS_TABLE} SET "cursor" = ?, newest_event_time = ?, events_delivered = ?, '
-    "version = ?, updated_at = ?, backfill = ? WHERE account = ? AND stream = ?"
+    "version = ?, updated_at = ?, backfill = ?, live_start = ?, events_duplicate = ?, "
+    "events_dead_lettered = ? WHERE account = ? AND stream = ?"
 )
 UPSERT_STATUS: Final = (
     f"INSERT INTO {STATUS_TABLE} ({STATUS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -278,11 +288,14 @@ def checkpoint_params(cp: Checkpoint) -> list[Any]:
         cp.version,
         cp.updated_at,
         backfill,
+        cp.live_start,
+        cp.events_duplicate,
+        cp.events_dead_lettered,
     ]
 
 
 def checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
-    account, stream, cursor, newest, delivered, version, updated_at, backfill = row
+    account, stream, cursor, newest, delivered, version, updated_at, backfill, live_start, dup, dead = row
     return Checkpoint(
         account=account,
         stream=stream,
@@ -292,6 +305,9 @@ def checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
         version=int(version),
         updated_at=_utc(updated_at),
         backfill=None if backfill is None else orjson.loads(backfill),
+        live_start=_utc(live_start),
+        events_duplicate=int(dup or 0),
+        events_dead_lettered=int(dead or 0),
     )
 
 
@@ -328,7 +344,20 @@ def status_from_row(row: tuple[Any, ...]) -> StreamStatus:
 def fetch_checkpoints(con: duckdb.DuckDBPyConnection) -> list[Checkpoint]:
     if CHECKPOINTS_TABLE not in table_names(con):
         return []
-    return [checkpoint_from_row(r) for r in con.execute(_ALL_CHECKPOINTS).fetchall()]
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND table_name = ?",
+            [CHECKPOINTS_TABLE],
+        ).fetchall()
+    }
+    if "live_start" in present:
+        return [checkpoint_from_row(r) for r in con.execute(_ALL_CHECKPOINTS).fetchall()]
+    # A store of layout 1 that no writer has migrated yet (readers cannot): its columns, defaults after.
+    old = CHECKPOINT_COLUMNS.split(", live_start")[0]
+    sql = f"SELECT {old}, NULL, 0, 0 FROM {CHECKPOINTS_TABLE} ORDER BY account, stream"
+    return [checkpoint_from_row(r) for r in con.execute(sql).fetchall()]
 
 
 def fetch_statuses(con: duckdb.DuckDBPyConnection) -> list[StreamStatus]:

@@ -30,21 +30,38 @@ def new_event_uuid() -> str:
 
 @dataclass(frozen=True)
 class PageDelivered:
+    """A page committed: `events` newly delivered, `duplicates` dropped as delivered before,
+    `dead_lettered` set aside, `rejected` malformed items; `total` delivered since the first run."""
+
     stream: str
     events: int
     rejected: int
     newest: datetime | None
     has_more: bool
     total: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
 
 
 @dataclass(frozen=True)
 class StreamDrained:
+    """The stream's live cursor is up to date (`backfilling`: its first-run history is still read)."""
+
     stream: str
     events: int
     pages: int
     oldest: datetime | None
     newest: datetime | None
+    backfilling: bool = False
+
+
+@dataclass(frozen=True)
+class StreamStopped:
+    """A stop request ended work on the stream before it was up to date."""
+
+    stream: str
+    events: int
+    backfilling: bool
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,9 @@ class StreamHealth:
     events_delivered: int = 0
     events_total: int = 0
     rejected: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    backfilling: bool = False
     failing: bool = False
 
     def lag(self, now: datetime) -> timedelta | None:
@@ -104,12 +124,16 @@ class Telemetry:
         h.events_delivered += ev.events
         h.events_total = max(h.events_total, ev.total)
         h.rejected += ev.rejected
+        h.duplicates += ev.duplicates
+        h.dead_lettered += ev.dead_lettered
         if ev.newest is not None and (h.newest_event is None or ev.newest > h.newest_event):
             h.newest_event = ev.newest
         log.debug(
-            "page stream=%s events=%d rejected=%d newest=%s has_more=%s",
+            "page stream=%s events=%d duplicates=%d dead_lettered=%d rejected=%d newest=%s has_more=%s",
             ev.stream,
             ev.events,
+            ev.duplicates,
+            ev.dead_lettered,
             ev.rejected,
             format_rfc3339(ev.newest) if ev.newest else "-",
             str(ev.has_more).lower(),
@@ -123,14 +147,27 @@ class Telemetry:
             # starting -> healthy and failing -> healthy both call for a health row now (health.md).
             self._changed = True
         h.failing = False
+        h.backfilling = ev.backfilling
         h.last_success = self.clock()
         log.info(
-            "cycle stream=%s events=%d pages=%d span=%s..%s",
+            "cycle stream=%s events=%d pages=%d span=%s..%s%s",
             ev.stream,
             ev.events,
             ev.pages,
             format_rfc3339(ev.oldest) if ev.oldest else "-",
             format_rfc3339(ev.newest) if ev.newest else "-",
+            " (first-run history still being read)" if ev.backfilling else "",
+        )
+
+    def stream_stopped(self, ev: StreamStopped) -> None:
+        h = self._stream(ev.stream)
+        h.backfilling = ev.backfilling
+        what = "its first-run history is not read completely" if ev.backfilling else "it is not up to date"
+        log.info(
+            "stream=%s stopped after %d events: %s; the next run continues from the checkpoint",
+            ev.stream,
+            ev.events,
+            what,
         )
 
     def stream_failed(self, ev: StreamFailed) -> None:
@@ -173,7 +210,10 @@ class Telemetry:
                         "lag_seconds": int(lag.total_seconds()) if lag is not None else None,
                         "newest_event": format_rfc3339(h.newest_event) if h.newest_event else None,
                         "events_delivered": h.events_delivered,
+                        "events_duplicate": h.duplicates,
+                        "events_dead_lettered": h.dead_lettered,
                         "events_rejected": h.rejected,
+                        "backfilling": h.backfilling,
                         "connector": f"op-sentinel/{__version__}",
                     },
                 }

@@ -101,8 +101,8 @@ def _writer(path: str, seconds: str, batch: str, stop_file: str = "") -> None:
         cp = (
             store.write(
                 Batch("auditevents", events, datetime.now(UTC)),
-                cp.advanced(cursor=f"c{k}", events_delivered=cp.events_delivered + size),
-            )
+                cp.advanced(cursor=f"c{k}"),
+            ).checkpoint
             or cp
         )
         k += 1

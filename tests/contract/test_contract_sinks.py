@@ -13,7 +13,7 @@ import pytest
 from tests.contract.storehelp import make_events
 
 from opsentinel.schema import COLUMN_NAMES, COLUMNS, TABLE_NAME
-from opsentinel.sinks.base import Batch, Sink
+from opsentinel.sinks.base import Batch, Receipt, Sink
 from opsentinel.sinks.duckdb import DuckDBStore
 from opsentinel.sinks.jsonl import JsonlSink
 from opsentinel.state import Checkpoint
@@ -70,9 +70,13 @@ def sut(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SinkUnderTes
 
 def deliver(sink: Any, batch: Batch, checkpoint: Checkpoint | None) -> Checkpoint | None:
     """Write the way the pipeline does: rows prepared first (outside its lock), then written; the
-    checkpoint goes with the rows only to a transactional sink."""
+    checkpoint goes with the rows only to a transactional sink. Every event is accounted for in the
+    receipt; returns the stored checkpoint (None for a sink that stores none)."""
     batch = sink.prepare(batch)
-    return sink.write(batch, checkpoint) if sink.transactional else sink.write(batch, None)
+    receipt: Receipt = sink.write(batch, checkpoint) if sink.transactional else sink.write(batch, None)
+    assert receipt.delivered + receipt.duplicates + receipt.dead_lettered == len(batch.events)
+    assert (receipt.checkpoint is not None) == sink.transactional
+    return receipt.checkpoint
 
 
 def test_declares_its_name_and_capability(sut: SinkUnderTest) -> None:

@@ -40,7 +40,10 @@ HEALTH_DETAILS = {
     "lag_seconds",
     "newest_event",
     "events_delivered",
+    "events_duplicate",
+    "events_dead_lettered",
     "events_rejected",
+    "backfilling",
     "connector",
 }
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")

@@ -18,8 +18,9 @@ Error codes other than ContentLengthLimitExceeded / OperationFailed are this fak
 
 Fault injection (all thread-safe): `fail_next(status, times, retry_after=...)` scripts answers,
 `drop_next()` closes the connection without an answer, `reject_when(predicate)` refuses (400) any
-request holding a matching record, `deny_role()`, `latency`, `hold_until(n)` holds requests until n
-are in flight at once (to observe concurrency deterministically), `crash()` / `restart()`.
+request holding a matching record (`accept_all()` drops those rules), `deny_role()`, `latency`,
+`hold_until(n)` holds requests until n are in flight at once (to observe concurrency
+deterministically), `crash()` / `restart()`.
 
 For assertions: `records` (accepted records, in arrival order), `uploads` (one `Upload` per request),
 `max_in_flight`. Fixtures: `azure_ca`, `azure_ca_path`, `fake_ingestion` (which needs
@@ -264,6 +265,11 @@ class FakeLogsIngestion:
         """Refuse every request holding a record for which `predicate` is true (nothing is stored)."""
         with self._lock:
             self._state.rejections.append(_Rejection(predicate, status, code, message))
+
+    def accept_all(self) -> None:
+        """Drop every `reject_when` rule: the cause of the refusals is fixed."""
+        with self._lock:
+            self._state.rejections.clear()
 
     def deny_role(self) -> None:
         self.role_granted = False

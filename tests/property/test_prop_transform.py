@@ -108,7 +108,7 @@ def test_duckdb_stores_any_accepted_page_once(tmp_path_factory: Any, stream: str
     db = Path(tmp_path_factory.mktemp("prop")) / "p.duckdb"
     store = DuckDBStore(db)
     try:
-        cp = store.write(Batch(stream, page.events, INGESTED), Checkpoint("acct", stream))
+        cp = store.write(Batch(stream, page.events, INGESTED), Checkpoint("acct", stream)).checkpoint
         store.write(Batch(stream, page.events, INGESTED), cp)  # the page again, as after a crash
         rows = store.rows_by_stream()
     finally:

@@ -34,7 +34,9 @@ from opsentinel.simulator import Fault, SimulatorConfig, SimulatorServer
 from opsentinel.source.retry import RetryPolicy
 from opsentinel.source.token import ApiToken
 
-FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=0.05)
+# Three tries: two faults may hit the same request (a reset, then a truncated body), as the first
+# request of a first run is a single probe of the history.
+FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=0.05)
 
 
 def _secrets(token: str) -> list[str]:

@@ -44,6 +44,9 @@ def test_the_file_is_readable_json_with_a_format_version(state: Path) -> None:
         "version": 1,
         "updated_at": data["updated_at"],
         "backfill": None,
+        "live_start": None,
+        "events_duplicate": 0,
+        "events_dead_lettered": 0,
     }
     assert datetime.fromisoformat(data["updated_at"]) == cp.updated_at
 

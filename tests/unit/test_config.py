@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from opsentinel.config import RETENTION, Settings, load_settings
+from opsentinel.config import RETENTION, Settings, load_settings, retention_floor
 from opsentinel.errors import ConfigError
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -157,7 +157,8 @@ def test_since_and_lookback_set_the_start() -> None:
 @pytest.mark.parametrize("flags", [{"lookback": "200d"}, {"since": "2020-01-01T00:00:00Z"}])
 def test_a_start_beyond_120_days_is_clamped_with_a_warning(flags: dict[str, str]) -> None:
     start, warning = load(flags).first_run_start(NOW)
-    assert start == NOW - RETENTION
+    assert start == retention_floor(NOW)
+    assert NOW - RETENTION < start < NOW - RETENTION + timedelta(hours=1)
     assert warning is not None
     assert "120" in warning
 

@@ -28,7 +28,10 @@ DETAILS = {
     "lag_seconds",
     "newest_event",
     "events_delivered",
+    "events_duplicate",
+    "events_dead_lettered",
     "events_rejected",
+    "backfilling",
     "connector",
 }
 
@@ -168,7 +171,8 @@ def test_log_lines(telemetry: Telemetry, caplog: pytest.LogCaptureFixture) -> No
     by_level = {(r.levelno, r.getMessage()) for r in caplog.records}
     assert (
         logging.DEBUG,
-        "page stream=auditevents events=3 rejected=0 newest=2026-11-25T11:59:30.250000Z has_more=true",
+        "page stream=auditevents events=3 duplicates=0 dead_lettered=0 rejected=0 "
+        "newest=2026-11-25T11:59:30.250000Z has_more=true",
     ) in by_level
     assert (
         logging.INFO,

@@ -67,9 +67,10 @@ import pyarrow.compute as pc
 from opsentinel import storefile
 from opsentinel.errors import CheckpointConflict
 from opsentinel.schema import COLUMN_NAMES, TABLE_NAME
-from opsentinel.sinks.base import Batch
+from opsentinel.sinks.base import Batch, Receipt
 from opsentinel.state import Checkpoint, StreamStatus
 from opsentinel.transform_arrow import to_arrow
+from opsentinel.writerlock import WriterLock
 
 __all__ = ["DuckDBStore"]
 
@@ -281,11 +282,12 @@ class DuckDBStore:
 
     # Sink -------------------------------------------------------------------------------------
 
-    def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Checkpoint | None:
+    def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Receipt:
         """Store the batch's new rows and commit `checkpoint` (if given) in one transaction.
 
-        Returns the stored checkpoint (version + 1, updated_at set), or None when none was given
-        (health rows). Raises CheckpointConflict (nothing stored) or StoreError.
+        The receipt counts the rows stored and those dropped as already stored; with a checkpoint it
+        carries the one stored (counters raised by those counts, version + 1, updated_at set).
+        Raises CheckpointConflict (nothing stored) or StoreError.
         """
         rows = batch.prepared if isinstance(batch.prepared, _Rows) else _Rows.of(batch)
         stored = None
@@ -293,17 +295,26 @@ class DuckDBStore:
             if checkpoint is not None:
                 _check_version(con, checkpoint)
             inserted = _insert_new(con, batch.log_source, rows) if len(rows.table) else 0
+            duplicates = len(batch.events) - inserted
             if checkpoint is not None:
-                stored = replace(checkpoint, version=checkpoint.version + 1, updated_at=self._clock())
+                stored = replace(
+                    checkpoint.tallied(inserted, duplicates),
+                    version=checkpoint.version + 1,
+                    updated_at=self._clock(),
+                )
                 _save_checkpoint(con, stored)
         self.last_inserted = inserted
-        return stored
+        return Receipt(inserted, duplicates, checkpoint=stored)
 
     def prepare(self, batch: Batch) -> Batch:
         """The batch with its rows already as the Arrow table `write` inserts (see Sink.prepare)."""
         if isinstance(batch.prepared, _Rows):
             return batch
         return replace(batch, prepared=_Rows.of(batch))
+
+    def writer_lock(self) -> WriterLock:
+        """The lock a `run` holds on this store for its lifetime (see writerlock)."""
+        return WriterLock(self.path.with_name(self.path.name + ".lock"), f"the store {self.path}")
 
     def check(self) -> str:
         """Open (creating if needed) and count the rows; a one-line description or StoreError."""

@@ -3,9 +3,10 @@
 Each row is one JSON object with the 33 columns of `OnePasswordEventLogs_CL` in table order:
 dynamic columns nested (not strings), datetimes RFC 3339 in UTC with `Z`, NULL as null.
 
-Not transactional: `write` returns after the lines are flushed and fsync'ed, and the pipeline then
-commits the checkpoint to a FileCheckpointStore. A crash between the two re-delivers that batch on
-restart, so a line may appear twice (at least once); dedupe on (log_source, uuid_s) downstream.
+Not transactional: `write` returns after the lines are flushed and fsync'ed; the pipeline then
+records the batch's uuids in the stream's ledger and commits the checkpoint to a FileCheckpointStore.
+A crash after the write and before the ledger record is the one case that can write a line twice
+(the batch was in flight); anything the ledger holds is never written again.
 Path "-" writes to stdout (flushed, not fsync'ed). A new file is created with mode 0600.
 """
 
@@ -21,7 +22,7 @@ import orjson
 
 from opsentinel.errors import StoreError
 from opsentinel.schema import COLUMNS
-from opsentinel.sinks.base import Batch
+from opsentinel.sinks.base import Batch, Receipt
 from opsentinel.state import Checkpoint
 from opsentinel.transform import to_columns
 
@@ -58,8 +59,8 @@ class JsonlSink:
     def prepare(self, batch: Batch) -> Batch:
         return batch  # not transactional: `write` already runs outside the commit lock
 
-    def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Checkpoint | None:
-        """Append the batch's rows; returns once they are on disk (stdout: flushed). Returns None.
+    def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Receipt:
+        """Append the batch's rows; returns once they are on disk (stdout: flushed).
 
         On failure (StoreError) a partly written batch is cut off again, so the file stays whole lines.
         """
@@ -76,7 +77,7 @@ class JsonlSink:
                 self._write_stdout(payload)
             else:
                 self._append(payload)
-        return None
+        return Receipt(len(batch.events))
 
     def check(self) -> str:
         if not self._stdout:

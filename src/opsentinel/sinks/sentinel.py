@@ -31,10 +31,10 @@ from azure.core.exceptions import ClientAuthenticationError
 
 from opsentinel.errors import AuthError, ConfigError, FatalError, RetriableError, UserError
 from opsentinel.schema import DCR_STREAM_NAME
-from opsentinel.sinks.base import Batch
+from opsentinel.sinks.base import Batch, Receipt
 from opsentinel.sinks.sentinel_chunks import MAX_REQUEST_BYTES, Chunk, plan_chunks
 from opsentinel.sinks.sentinel_deadletter import DeadLetterFile
-from opsentinel.sinks.sentinel_errors import credential_message
+from opsentinel.sinks.sentinel_errors import Failure, credential_message
 from opsentinel.sinks.sentinel_upload import (
     DEFAULT_AUDIENCE,
     DEFAULT_UPLOAD_RETRY,
@@ -66,6 +66,69 @@ def _severity(exc: BaseException) -> int:
     if isinstance(exc, RetriableError):
         return 1
     return 4  # a bug: let it surface first
+
+
+def _probe_record(kind: str) -> dict[str, Any]:
+    """A minimal `healthevents` record, the shape every op-sentinel DCR takes."""
+    return to_dcr_record(
+        HEALTH_LOG_SOURCE,
+        {
+            "uuid": new_event_uuid(),
+            "timestamp": format_rfc3339(datetime.now(UTC)),
+            "category": "healthy",
+            "type": kind,
+            "details": {"message": f"op-sentinel {kind}"},
+        },
+    )
+
+
+def _same(a: Failure, b: Failure) -> bool:
+    return (a.status, a.code, a.message) == (b.status, b.code, b.message)
+
+
+def _parts(chunk: Chunk) -> list[Chunk]:
+    """The chunk, its halves and its quarters (as far as they exist): what `_settle` tries first."""
+    parts, level = [chunk], [chunk]
+    for _ in range(2):
+        level = [half for part in level if len(part) >= 2 for half in part.halves()]
+        parts += level
+    return parts
+
+
+_DESTINATION_WORDS = ("stream", "dcr", "datacollectionrule", "data collection rule", "schema", "transform")
+
+
+def _names_destination(failure: Failure, stream: str, dcr_id: str) -> bool:
+    """A 400 that speaks of the stream, the DCR or its schema: the request itself is wrong."""
+    if failure.status != 400:
+        return False
+    text = f"{failure.code or ''} {failure.message or ''}".lower()
+    return stream.lower() in text or dcr_id.lower() in text or any(w in text for w in _DESTINATION_WORDS)
+
+
+class _Outcome:
+    """What became of one batch's records so far; reports each resolved part as it happens."""
+
+    def __init__(self, log_source: str, on_resolved: Callable[[Sequence[int]], None] | None) -> None:
+        self.log_source = log_source
+        self._on_resolved = on_resolved
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self.refused = 0
+
+    def accepted_part(self, chunk: Chunk) -> None:
+        with self._lock:
+            self.accepted += len(chunk)
+        self._report([item.index for item in chunk.items])
+
+    def dead_lettered(self, indexes: Sequence[int]) -> None:
+        with self._lock:
+            self.refused += len(indexes)
+        self._report(indexes)
+
+    def _report(self, indexes: Sequence[int]) -> None:
+        if self._on_resolved is not None:
+            self._on_resolved(indexes)
 
 
 def _default_credential() -> TokenCredential:
@@ -150,19 +213,20 @@ class SentinelSink:
     def prepare(self, batch: Batch) -> Batch:
         return batch  # not transactional: `write` already runs outside the commit lock
 
-    def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Checkpoint | None:
-        """Deliver every event of `batch`; return None once each was accepted or dead-lettered.
+    def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Receipt:
+        """Deliver every event of `batch`; return once each was accepted or dead-lettered.
 
-        Raises UserError (configuration, role, credentials), RetriableError (Azure kept failing or
-        throttling: retry the batch later) or FatalError (an unexpected status). On a raise, some
-        requests of the batch may have been accepted: re-sending the batch can duplicate them.
+        Raises ConfigError when Azure refuses the requests themselves (see `_settle`), UserError
+        (configuration, role, credentials), RetriableError (Azure kept failing or throttling: retry
+        the batch later) or FatalError (an unexpected status). On a raise, the parts already
+        accepted were reported through `batch.on_resolved`; the rest may be sent again.
         Safe to call from several threads at once.
         """
         if checkpoint is not None:
             raise ValueError("the sentinel sink is not transactional: checkpoint must be None")
         self._ensure_open()
         if not batch.events:
-            return None
+            return Receipt(0)
         plan = plan_chunks(
             (to_dcr_record(batch.log_source, event) for event in batch.events), self._max_request_bytes
         )
@@ -173,14 +237,16 @@ class SentinelSink:
                 uuid or "(no uuid)",
                 ", ".join(fields),
             )
+        outcome = _Outcome(batch.log_source, batch.on_resolved)
         for oversized in plan.oversized:
             self._dead_letter(batch.log_source, oversized.record, oversized.reason)
-        futures = [self._pool.submit(self._deliver, chunk, batch.log_source) for chunk in plan.chunks]
+            outcome.dead_lettered([oversized.index])
+        futures = [self._pool.submit(self._deliver, chunk, outcome) for chunk in plan.chunks]
         self._wait_all(futures)
         log.debug(
             "delivered %d %s record(s) in %d request(s)", len(batch.events), batch.log_source, len(futures)
         )
-        return None
+        return Receipt(outcome.accepted, dead_lettered=outcome.refused)
 
     def check(self) -> str:
         """Get a token, then upload one `healthevents` record: proves endpoint, DCR id, stream, role.
@@ -192,16 +258,7 @@ class SentinelSink:
             self._credential.get_token(self._scope)
         except ClientAuthenticationError as exc:
             raise AuthError(credential_message(exc)) from exc
-        record = to_dcr_record(
-            HEALTH_LOG_SOURCE,
-            {
-                "uuid": new_event_uuid(),
-                "timestamp": format_rfc3339(datetime.now(UTC)),
-                "category": "healthy",
-                "type": "check",
-                "details": {"message": "op-sentinel check"},
-            },
-        )
+        record = _probe_record("check")
         try:
             self._uploader.post(gzip_bytes(orjson.dumps([record])), records=1, fail_fast=True)
         except Refused as refused:
@@ -255,29 +312,100 @@ class SentinelSink:
         if errors:
             raise max(errors, key=_severity)
 
-    def _deliver(self, chunk: Chunk, log_source: str) -> None:
-        """Send `chunk`; on 400/413 bisect it, dead-lettering single records that stay refused."""
+    def _deliver(self, chunk: Chunk, outcome: _Outcome) -> None:
+        failure = self._try(chunk, outcome)
+        if failure is not None:
+            self._settle(chunk, failure, outcome)
+
+    def _try(self, chunk: Chunk, outcome: _Outcome) -> Failure | None:
+        """Send `chunk` (in halves if it will not fit gzipped); None once accepted, else the refusal."""
         body = gzip_bytes(chunk.body())
         if len(body) > self._max_request_bytes and len(chunk) > 1:  # incompressible: never send >1 MiB
             left, right = chunk.halves()
-            self._deliver(left, log_source)
-            self._deliver(right, log_source)
-            return
+            for part in (left, right):
+                failure = self._try(part, outcome)
+                if failure is not None:
+                    self._settle(part, failure, outcome)
+            return None
         try:
             self._uploader.post(body, records=len(chunk))
         except Refused as refused:
-            if len(chunk) == 1:
-                reason = f"Azure refused the record ({refused.failure.describe()})"
-                self._dead_letter(log_source, chunk.items[0].record, reason)
-                return
-            log.info(
-                "Azure refused a request of %d records (%s); splitting it to isolate the bad record(s)",
-                len(chunk),
-                refused.failure.describe(),
-            )
-            left, right = chunk.halves()
-            self._deliver(left, log_source)
-            self._deliver(right, log_source)
+            return refused.failure
+        outcome.accepted_part(chunk)
+        return None
+
+    def _settle(self, chunk: Chunk, failure: Failure, outcome: _Outcome) -> None:
+        """Azure refused `chunk`: find out whether it refuses the request itself (then stop the
+        stream: nothing is dead-lettered, nothing counts as delivered) or some of its records (then
+        only those go to the dead letters).
+
+        A refusal is the request's when Azure names the stream, DCR or schema; when no part of the
+        chunk is taken down to its quarters and every part is refused the same way; or when a lone
+        record is refused and a known-good health record is refused too. A record is dead-lettered
+        only when it is refused alone while records beside it were accepted (or, for a lone record,
+        a health record was)."""
+        if _names_destination(failure, self.stream_name, self.dcr_id):
+            raise self._refuses_requests(failure)
+        if len(chunk) == 1:
+            if failure.status != 413 and not outcome.accepted and not self._takes_a_health_record():
+                raise self._refuses_requests(failure)
+            self._refused_record(chunk, failure, outcome)
+            return
+        log.info(
+            "Azure refused a request of %d records (%s); splitting it to find the bad record(s)",
+            len(chunk),
+            failure.describe(),
+        )
+        refused: list[tuple[Chunk, Failure]] = [(chunk, failure)]
+        frontier = [(chunk, failure)]
+        for _ in range(2):  # halves, then quarters, before judging
+            nxt: list[tuple[Chunk, Failure]] = []
+            for part, _failure in frontier:
+                if len(part) < 2:
+                    nxt.append((part, _failure))
+                    continue
+                for half in part.halves():
+                    half_failure = self._try(half, outcome)
+                    if half_failure is not None:
+                        nxt.append((half, half_failure))
+                        refused.append((half, half_failure))
+            frontier = nxt
+        same = all(_same(f, failure) for _, f in refused) and failure.status != 413
+        nothing_taken = same and len(refused) == len(_parts(chunk))
+        if nothing_taken and (len(chunk) >= 4 or not self._takes_a_health_record()):
+            raise self._refuses_requests(failure)
+        for part, part_failure in frontier:
+            self._settle_record_level(part, part_failure, outcome)
+
+    def _settle_record_level(self, chunk: Chunk, failure: Failure, outcome: _Outcome) -> None:
+        """Bisect a refused part down to its bad records (some of its neighbours were accepted)."""
+        if len(chunk) == 1:
+            self._refused_record(chunk, failure, outcome)
+            return
+        for half in chunk.halves():
+            half_failure = self._try(half, outcome)
+            if half_failure is not None:
+                self._settle_record_level(half, half_failure, outcome)
+
+    def _refused_record(self, chunk: Chunk, failure: Failure, outcome: _Outcome) -> None:
+        item = chunk.items[0]
+        self._dead_letter(outcome.log_source, item.record, f"Azure refused the record ({failure.describe()})")
+        outcome.dead_lettered([item.index])
+
+    def _takes_a_health_record(self) -> bool:
+        """Whether Azure accepts a known-good record now (a `healthevents` probe row)."""
+        try:
+            self._uploader.post(gzip_bytes(orjson.dumps([_probe_record("probe")])), records=1)
+        except Refused:
+            return False
+        return True
+
+    def _refuses_requests(self, failure: Failure) -> ConfigError:
+        return ConfigError(
+            f"Azure refuses op-sentinel's uploads to stream {self.stream_name} of DCR {self.dcr_id} "
+            f"({failure.describe()}): check that the DCR and its stream declaration come from "
+            "`op-sentinel azure template`; nothing was dead-lettered and the checkpoint did not move"
+        )
 
     def _dead_letter(self, log_source: str, record: Mapping[str, Any], reason: str) -> None:
         self._dead_letters.add(stream=log_source, reason=reason, record=record)

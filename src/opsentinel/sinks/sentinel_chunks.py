@@ -35,10 +35,12 @@ MAX_FIELD_BYTES: Final = 64 * 1024
 
 @dataclass(frozen=True)
 class Item:
-    """One record and its compact JSON serialization (what goes between the commas)."""
+    """One record, its compact JSON serialization (what goes between the commas) and its position
+    among the records given to `plan_chunks`."""
 
     record: Mapping[str, Any]
     data: bytes
+    index: int = -1
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Oversized:
 
     record: Mapping[str, Any]
     reason: str
+    index: int = -1
 
 
 @dataclass(frozen=True)
@@ -137,10 +140,10 @@ def plan_chunks(
     truncated: list[tuple[str | None, tuple[str, ...]]] = []
     current: list[Item] = []
     current_payload = 0
-    for record in records:
+    for index, record in enumerate(records):
         data = _serialize(record)
         if data is None:
-            oversized.append(Oversized(record, "record cannot be serialized as JSON"))
+            oversized.append(Oversized(record, "record cannot be serialized as JSON", index))
             continue
         if array_size(1, len(data)) > max_bytes:
             smaller, cut = truncate_fields(record, field_limit)
@@ -152,6 +155,7 @@ def plan_chunks(
                         record,
                         f"record is {size} bytes after cutting fields to {field_limit} bytes; "
                         f"a request may hold at most {max_bytes} bytes",
+                        index,
                     )
                 )
                 continue
@@ -161,7 +165,7 @@ def plan_chunks(
         if current and array_size(len(current) + 1, current_payload + len(data)) > max_bytes:
             chunks.append(Chunk(tuple(current)))
             current, current_payload = [], 0
-        current.append(Item(record, data))
+        current.append(Item(record, data, index))
         current_payload += len(data)
     if current:
         chunks.append(Chunk(tuple(current)))

@@ -278,8 +278,10 @@ class EventsClient:
             startup=True,
         )
 
-    async def fetch_page(self, stream: StreamSpec, body: dict[str, Any]) -> Page:
+    async def fetch_page(self, stream: StreamSpec, body: dict[str, Any], *, priority: bool = False) -> Page:
         """POST `body` (a cursor or ResetCursor, see CursorPager) to the stream; return the Page.
+
+        `priority` requests (a live cursor's) go before others waiting for the rate limiter.
 
         Retries per the policy (a 429 also pauses the shared limiter for every stream). Raises
         AuthError on 401, CursorRejected on 400 to a cursor body, FatalError on any other 400, on
@@ -319,6 +321,7 @@ class EventsClient:
             refused=refused,
             subject=stream.name,
             startup=False,
+            priority=priority,
         )
 
     async def _send(
@@ -351,13 +354,14 @@ class EventsClient:
         refused: Callable[[httpx.Response], OpSentinelError],
         subject: str,
         startup: bool,
+        priority: bool = False,
     ) -> T:
         content = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else None
         attempt = 0
         while True:
             attempt += 1
-            await self._limiter.acquire()
+            await self._limiter.acquire(priority=priority)
             try:
                 response = await self._send(method, path, content, headers)
             except httpx.TransportError as exc:

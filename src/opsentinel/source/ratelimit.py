@@ -12,6 +12,11 @@ It limits rate, not concurrency: with budget left, any number of concurrent call
 (a burst of up to 590 requests is allowed). `pause_until` stops every caller until a moment, which is
 how one stream's 429 makes all streams back off together. Clock and sleep are injected so tests
 never wait.
+
+Priority: a live cursor's request (`acquire(priority=True)`) goes before the history slices' requests
+that are waiting. While one is waiting, others pass only if they leave it a free slot, so a first
+run's backfill at the ceiling never delays the fresh events of the live chain by more than the time
+one slot takes to free up.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class RateLimiter:
         self._sent: tuple[deque[float], ...] = tuple(deque() for _ in self._limits)
         self._paused_until = float("-inf")
         self._lock: asyncio.Lock | None = None
+        self._priority_waiting = 0
 
     @property
     def limits(self) -> tuple[RateLimit, ...]:
@@ -80,27 +86,51 @@ class RateLimiter:
         """`pause_until(now + seconds)`."""
         self.pause_until(self._clock() + max(seconds, 0.0))
 
-    def _wait_needed(self, now: float) -> float:
-        """Seconds until one more request fits every limit (0 when it fits now)."""
+    def _wait_needed(self, now: float, reserve: int = 0) -> float:
+        """Seconds until one more request fits every limit with `reserve` slots still left over
+        (0 when it fits now)."""
         wait = self._paused_until - now
         for limit, sent in zip(self._limits, self._sent, strict=True):
             while sent and sent[0] <= now - limit.period:
                 sent.popleft()
-            if len(sent) >= limit.requests:
-                wait = max(wait, sent[0] + limit.period - now)
+            room = limit.requests - reserve
+            if room < 1:
+                room = 1
+            if len(sent) >= room:
+                # the (len - room + 1)-th oldest must leave the window first
+                wait = max(wait, sent[len(sent) - room] + limit.period - now)
         return wait
 
-    async def acquire(self) -> None:
-        """Wait until a request fits the budget, then count it as sent."""
+    async def acquire(self, *, priority: bool = False) -> None:
+        """Wait until a request fits the budget, then count it as sent. `priority` callers go first."""
+        if priority:
+            await self._acquire_priority()
+            return
         if self._lock is None:
             self._lock = asyncio.Lock()
         # Serving waiters one at a time keeps arrival order and wakes one sleeper, not a herd.
         async with self._lock:
             while True:
                 now = self._clock()
-                wait = self._wait_needed(now)
+                wait = self._wait_needed(now, self._priority_waiting)
                 if wait <= 0:
-                    for sent in self._sent:
-                        sent.append(now)
+                    self._count(now)
                     return
                 await self._sleep(wait)
+
+    async def _acquire_priority(self) -> None:
+        self._priority_waiting += 1
+        try:
+            while True:
+                now = self._clock()
+                wait = self._wait_needed(now)
+                if wait <= 0:
+                    self._count(now)
+                    return
+                await self._sleep(wait)
+        finally:
+            self._priority_waiting -= 1
+
+    def _count(self, now: float) -> None:
+        for sent in self._sent:
+            sent.append(now)

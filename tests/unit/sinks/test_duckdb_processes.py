@@ -120,7 +120,7 @@ def test_the_writer_waits_for_a_reader_to_let_go(tmp_path: Path) -> None:
     threading.Timer(0.5, holder.kill).start()
     cp = store.write(
         Batch("auditevents", make_events("auditevents", 3), NOW), Checkpoint("acct", "auditevents")
-    )
+    ).checkpoint
     holder.communicate(timeout=30)
     assert cp is not None
     assert store.rows_by_stream() == {"auditevents": 3}
@@ -132,7 +132,7 @@ def test_a_full_disk_fails_the_write_and_keeps_what_was_stored(tmp_path: Path) -
     store = DuckDBStore(db)
     cp = store.write(
         Batch("auditevents", make_events("auditevents", 100), NOW), Checkpoint("acct", "auditevents")
-    )
+    ).checkpoint
     store.close()
     limit = db.stat().st_size + 64 * 1024  # the 5000-event batch needs far more
     child = spawn("limited-write", "duckdb", str(db), str(limit))

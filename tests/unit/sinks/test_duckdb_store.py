@@ -104,9 +104,13 @@ def test_duplicates_inside_a_batch_are_dropped_first_wins(store: DuckDBStore, db
 
 def test_a_redelivered_event_is_not_stored_twice(store: DuckDBStore, db: Path) -> None:
     first = make_events("auditevents", 100)
-    cp = store.write(Batch("auditevents", first, NOW), Checkpoint("a", "auditevents", cursor="c1"))
+    cp = store.write(Batch("auditevents", first, NOW), Checkpoint("a", "auditevents", cursor="c1")).checkpoint
     # cursor reset: the API sends an overlapping window again, with new events after it
-    cp = store.write(Batch("auditevents", first[50:] + make_events("auditevents", 10, 100), NOW), cp)
+    receipt = store.write(Batch("auditevents", first[50:] + make_events("auditevents", 10, 100), NOW), cp)
+    assert (receipt.delivered, receipt.duplicates) == (10, 50)
+    assert receipt.checkpoint is not None
+    assert (receipt.checkpoint.events_delivered, receipt.checkpoint.events_duplicate) == (110, 50)
+    cp = receipt.checkpoint
     assert store.last_inserted == 10
     # a much later batch repeating one old event (its timestamp is far outside the new range)
     store.write(Batch("auditevents", [first[0], *make_events("auditevents", 1, 5000)], NOW), cp)
@@ -126,7 +130,7 @@ def test_uuid_is_unique_per_stream_not_across_streams(store: DuckDBStore, db: Pa
 def test_events_without_timestamp_or_uuid(store: DuckDBStore, db: Path) -> None:
     no_time = {"uuid": "T0", "action": "x"}
     no_uuid = {"timestamp": "2026-01-01T00:00:00Z", "action": "y"}
-    cp = store.write(Batch("auditevents", [no_time, no_uuid], NOW), Checkpoint("a", "auditevents"))
+    cp = store.write(Batch("auditevents", [no_time, no_uuid], NOW), Checkpoint("a", "auditevents")).checkpoint
     store.write(Batch("auditevents", [no_time, no_uuid], NOW), cp)
     store.close()
     assert count(db, "uuid_s = 'T0'") == 1  # deduplicated among rows without a timestamp
@@ -136,7 +140,7 @@ def test_events_without_timestamp_or_uuid(store: DuckDBStore, db: Path) -> None:
 def test_a_conflicting_checkpoint_stores_no_rows(store: DuckDBStore, db: Path) -> None:
     cp = store.write(
         Batch("auditevents", make_events("auditevents", 5), NOW), Checkpoint("a", "auditevents", cursor="c1")
-    )
+    ).checkpoint
     assert cp is not None
     with pytest.raises(CheckpointConflict):
         store.write(
@@ -154,7 +158,7 @@ def test_rows_and_checkpoint_commit_together(store: DuckDBStore, db: Path) -> No
         cp = store.write(
             Batch("signinattempts", make_events("signinattempts", 20, 20 * k), NOW),
             cp.advanced(cursor=f"c{k}", events_delivered=cp.events_delivered + 20),
-        )
+        ).checkpoint
     assert cp.version == 5
     assert store.rows_by_stream() == {"signinattempts": 100}
     assert store.newest_event_time("signinattempts") == datetime(2026, 1, 1, 0, 0, 0, 99000, tzinfo=UTC)
@@ -163,13 +167,14 @@ def test_rows_and_checkpoint_commit_together(store: DuckDBStore, db: Path) -> No
 
 def test_health_rows_need_no_checkpoint(store: DuckDBStore) -> None:
     health = {"uuid": "h", "timestamp": "2026-05-01T08:30:00Z", "category": "healthy", "type": "connector"}
-    assert store.write(Batch("healthevents", [health], NOW), None) is None
+    receipt = store.write(Batch("healthevents", [health], NOW), None)
+    assert (receipt.delivered, receipt.checkpoint) == (1, None)
     assert store.rows_by_stream() == {"healthevents": 1}
     assert store.list() == []
 
 
 def test_an_empty_batch_still_commits_the_checkpoint(store: DuckDBStore) -> None:
-    cp = store.write(Batch("auditevents", [], NOW), Checkpoint("a", "auditevents", cursor="c1"))
+    cp = store.write(Batch("auditevents", [], NOW), Checkpoint("a", "auditevents", cursor="c1")).checkpoint
     assert cp is not None
     assert store.read("a", "auditevents") == cp
     assert store.rows_by_stream() == {}
@@ -294,7 +299,9 @@ def test_the_writer_makes_small_row_groups(store: DuckDBStore, db: Path) -> None
     # Each checkpoint compresses the last, partly filled row group again: small ones keep that cheap.
     cp = Checkpoint("a", "auditevents")
     for page in range(40):
-        cp = store.write(Batch("auditevents", make_events("auditevents", 1000, page * 1000), NOW), cp)
+        cp = store.write(
+            Batch("auditevents", make_events("auditevents", 1000, page * 1000), NOW), cp
+        ).checkpoint
     store.close()
     con = duckdb.connect(str(db), read_only=True)
     sizes = con.execute(
