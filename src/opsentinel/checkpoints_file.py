@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import fcntl
+import hashlib
 import os
 import secrets
 import threading
@@ -45,14 +46,20 @@ from opsentinel.writerlock import WriterLock
 __all__ = ["FORMAT_VERSION", "FileCheckpointStore"]
 
 FORMAT_VERSION: Final = 1
+_MAX_NAME: Final = 160  # bytes of an encoded name; with ".jsonl" and temporary suffixes well under 255
 _SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def _encode(name: str) -> str:
-    """An injective, filesystem-safe form of `name` ("%" for the empty name)."""
+    """An injective, filesystem-safe form of `name` ("%" for the empty name). A long one keeps its
+    first part and ends in a digest of the whole (a file name holds at most 255 bytes)."""
     if not name:
         return "%"
-    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in name.encode())
+    encoded = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in name.encode())
+    if len(encoded) <= _MAX_NAME:
+        return encoded
+    digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+    return f"{encoded[: _MAX_NAME - 40]}~{digest}"  # "~" is never produced by the encoding above
 
 
 def _time_text(moment: datetime | None) -> str | None:

@@ -31,6 +31,9 @@ class StreamView:
     last_error: str | None
     last_error_at: datetime | None
     lag_seconds: float | None
+    duplicates: int = 0
+    dead_lettered: int = 0
+    history: tuple[int, int] | None = None  # (slices done, slices) while a first run reads history
 
 
 def collect(settings: Settings) -> list[StreamView]:
@@ -81,9 +84,19 @@ def _views(
                 last_error=st.last_error if st else None,
                 last_error_at=st.last_error_at if st else None,
                 lag_seconds=st.lag_seconds if st else None,
+                duplicates=cp.events_duplicate if cp else 0,
+                dead_lettered=cp.events_dead_lettered if cp else 0,
+                history=_history(cp),
             )
         )
     return views
+
+
+def _history(cp: Checkpoint | None) -> tuple[int, int] | None:
+    if cp is None or not cp.backfill:
+        return None
+    slices = cp.backfill.get("slices") or []
+    return sum(1 for s in slices if s.get("done")), len(slices)
 
 
 def _age(moment: datetime | None, now: datetime) -> str:
@@ -107,6 +120,11 @@ def _json(view: StreamView, now: datetime) -> dict[str, Any]:
         "last_error": view.last_error,
         "last_error_at": t(view.last_error_at),
         "lag_seconds": view.lag_seconds,
+        "duplicates": view.duplicates,
+        "dead_lettered": view.dead_lettered,
+        "history": None
+        if view.history is None
+        else {"slices_done": view.history[0], "slices": view.history[1]},
     }
 
 
@@ -122,15 +140,20 @@ def print_status(settings: Settings, output_format: str) -> None:
         print("no stream has run yet")
         return
     table = Table(title=None, show_lines=False)
-    for header in ("stream", "checkpoint", "newest event", "rows", "last success", "last error"):
+    headers = ("stream", "checkpoint", "newest event", "rows", "duplicates", "dead letters", "history")
+    for header in (*headers, "last success", "last error"):
         table.add_column(header)
     for v in views:
         error = f"{v.last_error} ({_age(v.last_error_at, now)})" if v.last_error else "-"
+        history = "complete" if v.history is None else f"{v.history[0]}/{v.history[1]} slices"
         table.add_row(
             v.stream,
             _age(v.checkpoint_at, now),
             format_rfc3339(v.newest_event) if v.newest_event else "-",
             f"{v.rows:,}",
+            f"{v.duplicates:,}",
+            f"{v.dead_lettered:,}",
+            history,
             _age(v.last_success, now),
             error,
         )

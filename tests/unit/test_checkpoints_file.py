@@ -182,3 +182,14 @@ def test_status_files_round_trip(state: Path) -> None:
     (state / "status" / "ACCT" / "itemusages.json").write_text("{")
     with pytest.raises(StoreError, match="status file"):
         store.read_statuses()
+
+
+def test_long_names_fit_a_file_name_and_stay_distinct(state: Path) -> None:
+    store = FileCheckpointStore(state)
+    long_a, long_b = "帳" * 60 + "a", "帳" * 60 + "b"  # 180 bytes of UTF-8, 540 once percent-encoded
+    for account in (long_a, long_b):
+        store.commit(Checkpoint(account, "s" * 300, cursor=account[-1]))
+    assert store.read(long_a, "s" * 300).cursor == "a"  # type: ignore[union-attr]
+    assert store.read(long_b, "s" * 300).cursor == "b"  # type: ignore[union-attr]
+    assert sorted(c.cursor or "" for c in store.list()) == ["a", "b"]
+    assert all(len(p.name.encode()) < 255 for p in state.rglob("*"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -120,13 +120,16 @@ class Pipeline:
 
             async def live_loop() -> None:
                 nonlocal live_drained
+                before = StreamResult(spec.name)
                 while True:
                     live_drained = await live.drain(stop)
                     if follow is None or not live_drained or stop.is_set():
                         return
-                    self.telemetry.stream_drained(_drained(result, backfilling=stream.backfilling))
+                    cycle = result.since(before)
+                    before = replace(result)
+                    self.telemetry.stream_drained(_drained(cycle, backfilling=stream.backfilling))
                     if on_drained is not None:
-                        await on_drained(result)
+                        await on_drained(cycle)
                     await _wait(stop, follow)
                     if stop.is_set():
                         return

@@ -56,6 +56,16 @@ class StreamResult:
     dead_lettered: int = 0
     stopped: bool = False
 
+    def since(self, before: StreamResult) -> StreamResult:
+        """What happened after `before` (an earlier copy of this result): counts only, span kept."""
+        return replace(
+            self,
+            events=self.events - before.events,
+            pages=self.pages - before.pages,
+            duplicates=self.duplicates - before.duplicates,
+            dead_lettered=self.dead_lettered - before.dead_lettered,
+        )
+
     def add(self, oldest: datetime | None, newest: datetime | None, receipt: Receipt, ignored: int) -> None:
         self.pages += 1
         self.events += receipt.delivered
