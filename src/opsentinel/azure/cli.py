@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from opsentinel.azure.function_app import build_function_app_template
 from opsentinel.azure.template import build_template
 from opsentinel.errors import ConfigError
 
@@ -29,9 +30,10 @@ def azure() -> None:
     """The Azure side of the Sentinel sink (table, data collection endpoint and rule)."""
 
 
-def template_json() -> str:
+def template_json(*, function_app: bool = False) -> str:
     """The ARM template as JSON text (indent 2, trailing newline)."""
-    return json.dumps(build_template(), indent=2) + "\n"
+    template = build_function_app_template() if function_app else build_template()
+    return json.dumps(template, indent=2) + "\n"
 
 
 @azure_app.command("template")
@@ -40,13 +42,23 @@ def template(
         Path | None,
         typer.Option("--output", "-o", help="Write the template to FILE instead of standard output."),
     ] = None,
+    function_app: Annotated[
+        bool,
+        typer.Option(
+            "--function-app",
+            help="The whole connector on Azure Functions (Flex Consumption): function app, managed "
+            "identity, storage, Key Vault with the token, Application Insights and every role, around "
+            "the table, DCE and DCR.",
+        ),
+    ] = False,
 ) -> None:
     """Print the ARM template: table OnePasswordEventLogs_CL, DCE, DCR with transform, optional role.
 
     Deploy it with `az deployment group create --resource-group RG --template-file FILE
     --parameters workspaceName=WS`; its outputs are the values for --dce, --dcr-id and --stream.
+    See docs/deploy-sentinel.md for both templates.
     """
-    text = template_json()
+    text = template_json(function_app=function_app)
     if output is None:
         typer.echo(text, nl=False)
         return

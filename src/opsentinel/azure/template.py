@@ -4,13 +4,17 @@ Built from `opsentinel.schema`, so the table and the stream declaration cannot d
 connector sends. Compared with Microsoft's 1Password solution (`1Password_tables.json`,
 `1Password_DCR.json`, package 3.0.6):
 
-- the table `OnePasswordEventLogs_CL` is the same 33 columns, same types;
+- the table `OnePasswordEventLogs_CL` is the same 33 columns, same types (spelled as the tables API
+  spells them: `dateTime`, which Microsoft's lowercase `datetime` is accepted as);
 - the stream `Custom-OnePasswordEventLogs_CL` declares the official 28 input columns plus
   `log_source` (string), which op-sentinel sets to the stream each event was read from;
 - the transform is the official one, except that `log_source` is taken from the record when present
   and only otherwise guessed the official way (the guess labels audit events carrying `aux_id` as
   itemusages), and `TimeGenerated` may be the event time (parameter `timeGenerated` = "event");
 - outputs are exactly what `op-sentinel --dce --dcr-id --stream` need.
+
+The pieces (parameters, variables, resources) are shared with the `--function-app` template in
+`opsentinel.azure.function_app`, which adds the Functions host around them.
 """
 
 from __future__ import annotations
@@ -31,12 +35,30 @@ __all__ = [
 
 DEPLOYMENT_SCHEMA: Final = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
 MONITORING_METRICS_PUBLISHER_ROLE: Final = "3913510d-42f4-4e42-8a64-420c390055eb"
-_DCR_API: Final = "2023-03-11"
-_TABLE_API: Final = "2022-10-01"
-_ROLE_API: Final = "2022-04-01"
+DCR_API: Final = "2023-03-11"
+TABLE_API: Final = "2022-10-01"
+WORKSPACE_API: Final = "2022-10-01"
+ROLE_API: Final = "2022-04-01"
 _DESTINATION: Final = "workspace"
 _NEW_DCE_ID: Final = (
     "resourceId('Microsoft.Insights/dataCollectionEndpoints', parameters('dataCollectionEndpointName'))"
+)
+TABLE_ID: Final = (
+    "[resourceId('Microsoft.OperationalInsights/workspaces/tables', parameters('workspaceName'), "
+    "variables('tableName'))]"
+)
+DCR_ID: Final = "[variables('dataCollectionRuleId')]"
+DCE_DEPENDENCY: Final = f"[{_NEW_DCE_ID}]"
+DCR_SCOPE: Final = (
+    "[format('Microsoft.Insights/dataCollectionRules/{0}', parameters('dataCollectionRuleName'))]"
+)
+
+# The DCR must be in the workspace's region. An empty `location` means exactly that; reference() is
+# not allowed in variables, so the expression is repeated where a location is needed.
+LOCATION: Final = (
+    "[if(empty(parameters('location')), "
+    f"reference(variables('workspaceResourceId'), '{WORKSPACE_API}', 'Full').location, "
+    "parameters('location'))]"
 )
 
 # The official transform's field-presence guess (1Password_DCR.json, verbatim).
@@ -58,6 +80,8 @@ _TIME_GENERATED: Final[dict[str, str]] = {
     "ingestion": "now()",  # as the official transform: when Azure received the record
     "event": "coalesce(timestamp, now())",  # the event's own time
 }
+# The tables API's spelling of the column types (Microsoft's published schema enumerates `dateTime`).
+_TABLE_KIND: Final[dict[str, str]] = {"datetime": "dateTime"}
 
 TimeGenerated = Literal["ingestion", "event"]
 
@@ -79,7 +103,7 @@ def transform_kql(time_generated: TimeGenerated = "ingestion") -> str:
 
 def table_columns() -> list[dict[str, str]]:
     """The 33 columns of `OnePasswordEventLogs_CL` as ARM table schema columns."""
-    return [{"name": c.name, "type": c.kind} for c in COLUMNS]
+    return [{"name": c.name, "type": _TABLE_KIND.get(c.kind, c.kind)} for c in COLUMNS]
 
 
 def stream_columns() -> list[dict[str, str]]:
@@ -89,52 +113,84 @@ def stream_columns() -> list[dict[str, str]]:
     ]
 
 
-def _parameters() -> dict[str, Any]:
-    def string(description: str, **extra: Any) -> dict[str, Any]:
-        return {"type": "string", **extra, "metadata": {"description": description}}
+def param(kind: str, description: str, **extra: Any) -> dict[str, Any]:
+    """One ARM parameter declaration."""
+    return {"type": kind, **extra, "metadata": {"description": description}}
 
+
+def role_definition(role_guid: str) -> str:
+    """The built-in role's definition id, as an ARM expression (same id in every subscription)."""
+    return f"[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '{role_guid}')]"
+
+
+def sentinel_parameters() -> dict[str, Any]:
+    """Parameters of the table, the DCE and the DCR (shared by both templates)."""
     return {
-        "workspaceName": string(
+        "workspaceName": param(
+            "string",
             "Name of the Log Analytics workspace that has Microsoft Sentinel; it must be in the resource "
-            "group you deploy to. The table OnePasswordEventLogs_CL is created (or updated) in it."
+            "group you deploy to. The table OnePasswordEventLogs_CL is created (or updated) in it.",
         ),
-        "location": string(
-            "Region of the data collection endpoint and rule: the workspace's region.",
-            defaultValue="[resourceGroup().location]",
+        "location": param(
+            "string",
+            "Region of the data collection endpoint and rule. Empty (the default): the workspace's "
+            "region, where a DCR sending to the workspace must be.",
+            defaultValue="",
         ),
-        "dataCollectionEndpointName": string(
+        "dataCollectionEndpointName": param(
+            "string",
             "Name of the data collection endpoint to create (unused with existingDataCollectionEndpointId).",
             defaultValue="op-sentinel-dce",
         ),
-        "existingDataCollectionEndpointId": string(
+        "existingDataCollectionEndpointId": param(
+            "string",
             "Resource id of an existing data collection endpoint to use instead of creating one "
             "(for example the workspace's default DCE, or one behind a private link scope).",
             defaultValue="",
         ),
-        "dataCollectionRuleName": string("Name of the data collection rule.", defaultValue="op-sentinel-dcr"),
-        "principalId": string(
-            "Object (principal) id of the identity op-sentinel runs as (managed identity or service "
-            "principal); when given, it is granted Monitoring Metrics Publisher on the rule.",
-            defaultValue="",
+        "dataCollectionRuleName": param(
+            "string", "Name of the data collection rule.", defaultValue="op-sentinel-dcr"
         ),
-        "principalType": string(
-            "Type of principalId.",
-            defaultValue="ServicePrincipal",
-            allowedValues=["ServicePrincipal", "User", "Group"],
-        ),
-        "timeGenerated": string(
+        "timeGenerated": param(
+            "string",
             "TimeGenerated of each row: 'ingestion' (when Azure received it, as Microsoft's 1Password "
             "connector does) or 'event' (the event's timestamp).",
             defaultValue="ingestion",
             allowedValues=["ingestion", "event"],
         ),
+        "deployTable": param(
+            "bool",
+            "Create or update the table OnePasswordEventLogs_CL. Set false when the table already exists "
+            "and its retention or plan must not be touched: the template then leaves it alone.",
+            defaultValue=True,
+        ),
+        "tableRetentionInDays": param(
+            "int",
+            "Interactive retention of the table in days (4-730); -1 (the default) follows the workspace. "
+            "Applied on every deployment with deployTable=true.",
+            defaultValue=-1,
+            minValue=-1,
+            maxValue=730,
+        ),
+        "tableTotalRetentionInDays": param(
+            "int",
+            "Total retention of the table in days, long-term included (4-4383); -1 (the default) equals "
+            "the interactive retention. Applied on every deployment with deployTable=true.",
+            defaultValue=-1,
+            minValue=-1,
+            maxValue=4383,
+        ),
     }
 
 
-def _variables() -> dict[str, Any]:
+def sentinel_variables() -> dict[str, Any]:
+    """Variables of the table, the DCE and the DCR (shared by both templates)."""
     return {
         "tableName": TABLE_NAME,
         "streamName": DCR_STREAM_NAME,
+        # An expression, not a literal list: Microsoft's published schema enumerates only the
+        # Microsoft-* streams for dataFlows[].streams, though the service takes Custom-* streams.
+        "dataFlowStreams": [DCR_STREAM_NAME],
         "workspaceResourceId": (
             "[resourceId('Microsoft.OperationalInsights/workspaces', parameters('workspaceName'))]"
         ),
@@ -147,32 +203,33 @@ def _variables() -> dict[str, Any]:
         "dataCollectionRuleId": (
             "[resourceId('Microsoft.Insights/dataCollectionRules', parameters('dataCollectionRuleName'))]"
         ),
-        "monitoringMetricsPublisher": (
-            "[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', "
-            f"'{MONITORING_METRICS_PUBLISHER_ROLE}')]"
-        ),
+        "monitoringMetricsPublisher": role_definition(MONITORING_METRICS_PUBLISHER_ROLE),
         "transformIngestionTime": transform_kql("ingestion"),
         "transformEventTime": transform_kql("event"),
     }
 
 
-def _resources() -> list[dict[str, Any]]:
-    table_id = (
-        "[resourceId('Microsoft.OperationalInsights/workspaces/tables', parameters('workspaceName'), "
-        "variables('tableName'))]"
-    )
+def sentinel_resources() -> list[dict[str, Any]]:
+    """The table, the DCE and the DCR."""
     table = {
+        "condition": "[parameters('deployTable')]",
         "type": "Microsoft.OperationalInsights/workspaces/tables",
-        "apiVersion": _TABLE_API,
+        "apiVersion": TABLE_API,
         "name": "[format('{0}/{1}', parameters('workspaceName'), variables('tableName'))]",
-        "properties": {"schema": {"name": TABLE_NAME, "columns": table_columns()}},
+        "properties": {
+            # Scheduled analytics rules query only Analytics tables.
+            "plan": "Analytics",
+            "retentionInDays": "[parameters('tableRetentionInDays')]",
+            "totalRetentionInDays": "[parameters('tableTotalRetentionInDays')]",
+            "schema": {"name": TABLE_NAME, "columns": table_columns()},
+        },
     }
     endpoint = {
         "condition": "[variables('createDataCollectionEndpoint')]",
         "type": "Microsoft.Insights/dataCollectionEndpoints",
-        "apiVersion": _DCR_API,
+        "apiVersion": DCR_API,
         "name": "[parameters('dataCollectionEndpointName')]",
-        "location": "[parameters('location')]",
+        "location": LOCATION,
         "properties": {
             "description": "Logs Ingestion endpoint for op-sentinel (1Password events)",
             "networkAcls": {"publicNetworkAccess": "Enabled"},
@@ -180,10 +237,11 @@ def _resources() -> list[dict[str, Any]]:
     }
     rule = {
         "type": "Microsoft.Insights/dataCollectionRules",
-        "apiVersion": _DCR_API,
+        "apiVersion": DCR_API,
         "name": "[parameters('dataCollectionRuleName')]",
-        "location": "[parameters('location')]",
-        "dependsOn": [table_id, f"[{_NEW_DCE_ID}]"],
+        "location": LOCATION,
+        # A dependency on a resource whose condition is false is dropped by ARM.
+        "dependsOn": [TABLE_ID, DCE_DEPENDENCY],
         "properties": {
             "description": "1Password Events API records from op-sentinel into OnePasswordEventLogs_CL",
             "dataCollectionEndpointId": "[variables('dataCollectionEndpointId')]",
@@ -195,7 +253,7 @@ def _resources() -> list[dict[str, Any]]:
             },
             "dataFlows": [
                 {
-                    "streams": [DCR_STREAM_NAME],
+                    "streams": "[variables('dataFlowStreams')]",
                     "destinations": [_DESTINATION],
                     "transformKql": (
                         "[if(equals(parameters('timeGenerated'), 'event'), "
@@ -206,35 +264,57 @@ def _resources() -> list[dict[str, Any]]:
             ],
         },
     }
-    role = {
-        "condition": "[not(empty(parameters('principalId')))]",
-        "type": "Microsoft.Authorization/roleAssignments",
-        "apiVersion": _ROLE_API,
-        "scope": (
-            "[format('Microsoft.Insights/dataCollectionRules/{0}', parameters('dataCollectionRuleName'))]"
-        ),
-        "name": (
-            "[guid(variables('dataCollectionRuleId'), parameters('principalId'), "
-            "variables('monitoringMetricsPublisher'))]"
-        ),
-        "dependsOn": [
-            "[resourceId('Microsoft.Insights/dataCollectionRules', parameters('dataCollectionRuleName'))]"
-        ],
-        "properties": {
-            "roleDefinitionId": "[variables('monitoringMetricsPublisher')]",
-            "principalId": "[parameters('principalId')]",
-            "principalType": "[parameters('principalType')]",
-        },
-    }
-    return [table, endpoint, rule, role]
+    return [table, endpoint, rule]
 
 
-def _outputs() -> dict[str, Any]:
-    endpoint = f"reference(variables('dataCollectionEndpointId'), '{_DCR_API}').logsIngestion.endpoint"
-    immutable_id = f"reference(variables('dataCollectionRuleId'), '{_DCR_API}').immutableId"
+def role_assignment(
+    *,
+    scope: str,
+    scope_id: str,
+    role: str,
+    principal_id: str,
+    principal_key: str,
+    principal_type: str,
+    depends_on: list[str],
+    description: str,
+    condition: str | None = None,
+) -> dict[str, Any]:
+    """A role assignment with a deterministic name: guid(scope resource id, principal, role).
+
+    The same inputs give the same name on every deployment, so a redeploy updates the assignment it
+    made before instead of creating a second one. `principal_key` is what identifies the principal
+    when the name is computed: the principal id itself when it is a parameter, or the identity's
+    resource id when the principal id is only known at deployment time (names cannot use reference()).
+    """
+    resource: dict[str, Any] = {}
+    if condition is not None:
+        resource["condition"] = condition
+    resource.update(
+        {
+            "type": "Microsoft.Authorization/roleAssignments",
+            "apiVersion": ROLE_API,
+            "scope": scope,
+            "name": f"[guid({scope_id}, {principal_key}, {role})]",
+            "dependsOn": depends_on,
+            "properties": {
+                "roleDefinitionId": f"[{role}]",
+                "principalId": principal_id,
+                "principalType": principal_type,
+                "description": description,
+            },
+        }
+    )
+    return resource
+
+
+def sentinel_outputs() -> dict[str, Any]:
+    """What `op-sentinel --dce --dcr-id --stream` need."""
+    endpoint = f"reference(variables('dataCollectionEndpointId'), '{DCR_API}').logsIngestion.endpoint"
+    immutable_id = f"reference(variables('dataCollectionRuleId'), '{DCR_API}').immutableId"
     return {
         "logsIngestionEndpoint": {"type": "string", "value": f"[{endpoint}]"},
         "dataCollectionRuleImmutableId": {"type": "string", "value": f"[{immutable_id}]"},
+        "dataCollectionRuleId": {"type": "string", "value": "[variables('dataCollectionRuleId')]"},
         "streamName": {"type": "string", "value": "[variables('streamName')]"},
         "opSentinelArguments": {
             "type": "string",
@@ -246,21 +326,61 @@ def _outputs() -> dict[str, Any]:
     }
 
 
-def build_template() -> dict[str, Any]:
-    """The ARM deployment template (resource-group scope) as a JSON-ready dict."""
+def template_document(
+    description: str,
+    parameters: dict[str, Any],
+    variables: dict[str, Any],
+    resources: list[dict[str, Any]],
+    outputs: dict[str, Any],
+) -> dict[str, Any]:
+    """A resource-group-scope deployment template."""
     return {
         "$schema": DEPLOYMENT_SCHEMA,
         "contentVersion": "1.0.0.0",
         "metadata": {
-            "description": (
-                "op-sentinel: the OnePasswordEventLogs_CL table, a data collection endpoint and a data "
-                "collection rule for 1Password Events API records, and optionally the Monitoring "
-                "Metrics Publisher role for the identity op-sentinel runs as."
-            ),
+            "description": description,
             "generator": {"name": "op-sentinel", "version": __version__},
         },
-        "parameters": _parameters(),
-        "variables": _variables(),
-        "resources": _resources(),
-        "outputs": _outputs(),
+        "parameters": parameters,
+        "variables": variables,
+        "resources": resources,
+        "outputs": outputs,
     }
+
+
+def build_template() -> dict[str, Any]:
+    """The ARM deployment template (resource-group scope) as a JSON-ready dict."""
+    parameters = sentinel_parameters()
+    parameters["principalId"] = param(
+        "string",
+        "Object (principal) id of the identity op-sentinel runs as (managed identity or service "
+        "principal); when given, it is granted Monitoring Metrics Publisher on the rule. Leave it empty "
+        "if that grant was made another way (a second grant of the same role fails: RoleAssignmentExists).",
+        defaultValue="",
+    )
+    parameters["principalType"] = param(
+        "string",
+        "Type of principalId: ServicePrincipal (also for managed identities), User or Group.",
+        defaultValue="ServicePrincipal",
+        allowedValues=["ServicePrincipal", "User", "Group"],
+    )
+    role = role_assignment(
+        condition="[not(empty(parameters('principalId')))]",
+        scope=DCR_SCOPE,
+        scope_id="variables('dataCollectionRuleId')",
+        role="variables('monitoringMetricsPublisher')",
+        principal_id="[parameters('principalId')]",
+        principal_key="parameters('principalId')",
+        principal_type="[parameters('principalType')]",
+        depends_on=[DCR_ID],
+        description="op-sentinel: upload 1Password events through this data collection rule",
+    )
+    return template_document(
+        "op-sentinel: the OnePasswordEventLogs_CL table, a data collection endpoint and a data "
+        "collection rule for 1Password Events API records, and optionally the Monitoring Metrics "
+        "Publisher role for the identity op-sentinel runs as.",
+        parameters,
+        sentinel_variables(),
+        [*sentinel_resources(), role],
+        sentinel_outputs(),
+    )

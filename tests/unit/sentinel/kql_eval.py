@@ -131,6 +131,7 @@ def typed_input(kind: str, value: Any) -> Any:
 
 def typed_output(kind: str, value: Any) -> Any:
     """A transform result as the table column type stores it."""
+    kind = kind.lower()  # the tables API spells it dateTime, Microsoft's own table datetime
     if kind == "string":
         return tostring(value)
     if kind in ("int", "long"):

@@ -68,7 +68,15 @@ def test_every_referenced_parameter_and_variable_is_declared_and_every_parameter
 def test_the_table_is_exactly_the_official_table() -> None:
     table = resource(build_template(), "Microsoft.OperationalInsights/workspaces/tables")
     assert table["properties"]["schema"]["name"] == "OnePasswordEventLogs_CL"
-    assert table["properties"]["schema"]["columns"] == official_table_columns()
+    # Same names, order and types; the type spelled as the tables API does (dateTime for datetime).
+    ours = [(c["name"], c["type"].lower()) for c in table["properties"]["schema"]["columns"]]
+    assert ours == [(c["name"], c["type"].lower()) for c in official_table_columns()]
+    assert {c["type"] for c in table["properties"]["schema"]["columns"]} == {
+        "string",
+        "dateTime",
+        "dynamic",
+        "int",
+    }
 
 
 def test_the_stream_declares_the_official_columns_plus_log_source() -> None:
@@ -76,7 +84,8 @@ def test_the_stream_declares_the_official_columns_plus_log_source() -> None:
     columns = rule["properties"]["streamDeclarations"]["Custom-OnePasswordEventLogs_CL"]["columns"]
     assert columns == [*official_stream_columns(), {"name": "log_source", "type": "string"}]
     (flow,) = rule["properties"]["dataFlows"]
-    assert flow["streams"] == ["Custom-OnePasswordEventLogs_CL"]
+    assert flow["streams"] == "[variables('dataFlowStreams')]"
+    assert build_template()["variables"]["dataFlowStreams"] == ["Custom-OnePasswordEventLogs_CL"]
     assert flow["outputStream"] == "Custom-OnePasswordEventLogs_CL"
     (destination,) = rule["properties"]["destinations"]["logAnalytics"]
     assert flow["destinations"] == [destination["name"]]
