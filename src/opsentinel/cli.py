@@ -283,6 +283,28 @@ def status(
     print_status(settings, output_format)
 
 
+@app.command("resend-dead-letters")
+def resend_dead_letters(
+    config: ConfigOpt = None,
+    dce: DceOpt = None,
+    dcr_id: DcrIdOpt = None,
+    stream: DcrStreamOpt = None,
+    state: StateOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Send the records Azure refused (dead-letter.jsonl in --state) again, once the cause is fixed.
+
+    Each record accepted leaves the file; one that Azure still refuses stays. Exactly once, even if
+    interrupted: a second run skips what the first had sent.
+    """
+    from opsentinel.commands import run_resend
+
+    settings = _settings(
+        config, sink="sentinel", dce=dce, dcr_id=dcr_id, stream=stream, state=state, log_level=log_level
+    )
+    raise typer.Exit(run_resend(settings))
+
+
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL to run against the DuckDB store (read-only)")],

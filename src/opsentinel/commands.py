@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -157,4 +158,31 @@ def _report_once(results: list[StreamResult], stopped_by: signal.Signals | None 
             file=sys.stderr,
         )
         return 128 + int(stopped_by) if stopped_by is not None else 1
+    return 0
+
+
+def run_resend(settings: Settings) -> int:
+    """`resend-dead-letters`: 0 when every dead letter was accepted, 1 when some are still refused."""
+    from opsentinel.destination import sentinel_sink
+    from opsentinel.resend import resend_dead_letters, scratch_dead_letter_dir
+
+    scratch = scratch_dead_letter_dir()
+    sink = sentinel_sink(settings, scratch)
+    try:
+        summary = resend_dead_letters(sink, settings.state)
+    finally:
+        sink.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not summary.found:
+        print(f"no dead letters in {settings.state}")
+        return 0
+    print(f"re-sent {summary.resent:,} of {summary.found:,} dead-lettered record(s)")
+    if summary.still_refused:
+        why = f" ({summary.refusal})" if summary.refusal else ""
+        print(
+            f"error: Azure still refuses {summary.still_refused:,} record(s); they stay in "
+            f"{settings.state / 'dead-letter.jsonl'}{why}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

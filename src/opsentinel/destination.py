@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsentinel.config import Settings
 from opsentinel.errors import ConfigError
@@ -17,6 +17,9 @@ from opsentinel.sinks.base import Sink
 from opsentinel.state import CheckpointStore, StatusStore, StreamStatus
 from opsentinel.telemetry import Telemetry
 from opsentinel.writerlock import WriterLock
+
+if TYPE_CHECKING:
+    from opsentinel.sinks.sentinel import SentinelSink
 
 
 @dataclass
@@ -104,21 +107,12 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
             writer=files.writer_lock(),
         )
 
-    missing = [flag for flag, value in (("--dce", settings.dce), ("--dcr-id", settings.dcr_id)) if not value]
-    if missing:
-        raise ConfigError(
-            f"--sink sentinel needs {' and '.join(missing)} (or OP_SENTINEL_DCE / OP_SENTINEL_DCR_ID)"
-        )
-    from opsentinel.sinks.sentinel import SentinelSink
-
-    files.ensure_writable()
-    sink = SentinelSink(
-        str(settings.dce),
-        str(settings.dcr_id),
-        settings.stream,
-        dead_letter_dir=settings.state,
-        **sink_options,
-    )
+    sink = sentinel_sink(settings, settings.state, **sink_options)
+    try:
+        files.ensure_writable()
+    except BaseException:
+        sink.close()
+        raise
     return Destination(
         sink,
         files,
@@ -126,4 +120,18 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
         f"sentinel {settings.dce} {settings.dcr_id} {settings.stream}",
         ledgers=files,
         writer=files.writer_lock(),
+    )
+
+
+def sentinel_sink(settings: Settings, dead_letter_dir: Path, **options: Any) -> SentinelSink:
+    """The Sentinel sink `settings` describe (ConfigError when --dce or --dcr-id is missing)."""
+    missing = [flag for flag, value in (("--dce", settings.dce), ("--dcr-id", settings.dcr_id)) if not value]
+    if missing:
+        raise ConfigError(
+            f"--sink sentinel needs {' and '.join(missing)} (or OP_SENTINEL_DCE / OP_SENTINEL_DCR_ID)"
+        )
+    from opsentinel.sinks.sentinel import SentinelSink
+
+    return SentinelSink(
+        str(settings.dce), str(settings.dcr_id), settings.stream, dead_letter_dir=dead_letter_dir, **options
     )

@@ -159,9 +159,9 @@ class TrappedSink:
         if batch.on_resolved is not None:
             inner = batch.on_resolved
 
-            def resolved(indexes: Sequence[int]) -> None:
+            def resolved(indexes: Sequence[int], accepted: bool) -> None:
                 self._trap.point()  # acknowledged by Azure, not yet recorded
-                inner(indexes)
+                inner(indexes, accepted)
 
             batch = dataclasses.replace(batch, on_resolved=resolved)
         receipt: Receipt = self._sink.write(batch, checkpoint)
@@ -328,11 +328,17 @@ class ExactlyOnce(RuleBasedStateMachine):
         self.app.faults.invalidate_cursors()
 
     @precondition(lambda self: self.kind == "sentinel")
-    @rule(refuse=st.booleans())
-    def azure_refuses_every_request(self, refuse: bool) -> None:
+    @rule(refuse=st.booleans(), names_the_stream=st.booleans())
+    def azure_refuses_every_request(self, refuse: bool, names_the_stream: bool) -> None:
+        """A broken DCR: Azure refuses every request (naming the stream, or with a generic 400)."""
         assert self.fake is not None
         if refuse and not self.refusing:
-            self.fake.reject_when(lambda _: True, code="InvalidStream", message="The stream is not valid.")
+            if names_the_stream:
+                self.fake.reject_when(
+                    lambda _: True, code="InvalidStream", message="The stream is not valid."
+                )
+            else:
+                self.fake.reject_when(lambda _: True, code="InvalidPayload", message="Bad request.")
         elif not refuse:
             self.fake.accept_all()
         self.refusing = refuse
@@ -476,6 +482,9 @@ class ExactlyOnce(RuleBasedStateMachine):
             self._after_run(Trap(None, kill=False))
             self.clock.advance(1)
         delivered = self._delivered()
+        if self.kind == "sentinel":
+            letters = self.tmp / "state" / "dead-letter.jsonl"
+            assert not letters.exists() or not letters.read_text(), "a refusal of every request dead-lettered"
         missing = self.required - set(delivered)
         assert not missing, f"{len(missing)} event(s) never delivered, e.g. {sorted(missing)[:3]}"
         twice = {u: n for u, n in delivered.items() if n > 1 + self.allowed[u]}

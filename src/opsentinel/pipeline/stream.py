@@ -180,7 +180,7 @@ class Stream:
             if ledger is not None:
                 ledger.record((str(events[i].get("uuid")), times[i]) for i in indexes)
 
-        def resolved(indexes: Sequence[int]) -> None:
+        def resolved(indexes: Sequence[int], _accepted: bool = True) -> None:
             if delivery.live:
                 record(indexes)
             else:

@@ -38,9 +38,9 @@ class Batch:
     `times`, when given, holds each event's `timestamp` as the page parser read it (aligned with
     `events`), so a sink need not parse it again. `prepared` is the sink's own form of the rows when
     its `prepare` made one (else None). `on_resolved`, when given, is called by a sink that delivers a
-    batch in parts with the positions (in `events`) of each part the moment it is accepted or
-    dead-lettered, so the pipeline can record the acknowledgement before the whole batch is done;
-    it may be called from the sink's threads and may raise (StoreError), which fails the write.
+    batch in parts with the positions (in `events`) of each part the moment it is accepted (True) or
+    dead-lettered (False), so the pipeline can record the acknowledgement before the whole batch is
+    done; it may be called from the sink's threads and may raise (StoreError), which fails the write.
     """
 
     log_source: str
@@ -48,7 +48,7 @@ class Batch:
     ingested_at: datetime
     times: Sequence[datetime] | None = None
     prepared: Any = None
-    on_resolved: Callable[[Sequence[int]], None] | None = None
+    on_resolved: Callable[[Sequence[int], bool], None] | None = None
 
 
 class Sink(Protocol):

@@ -82,17 +82,9 @@ def _probe_record(kind: str) -> dict[str, Any]:
     )
 
 
-def _same(a: Failure, b: Failure) -> bool:
-    return (a.status, a.code, a.message) == (b.status, b.code, b.message)
-
-
-def _parts(chunk: Chunk) -> list[Chunk]:
-    """The chunk, its halves and its quarters (as far as they exist): what `_settle` tries first."""
-    parts, level = [chunk], [chunk]
-    for _ in range(2):
-        level = [half for part in level if len(part) >= 2 for half in part.halves()]
-        parts += level
-    return parts
+# Levels of splitting before a chunk none of whose parts Azure takes is judged refused as a whole:
+# at most 2 ** (_DEPTH + 1) - 1 requests for it (63), never one per record.
+_DEPTH = 5
 
 
 _DESTINATION_WORDS = ("stream", "dcr", "datacollectionrule", "data collection rule", "schema", "transform")
@@ -109,7 +101,7 @@ def _names_destination(failure: Failure, stream: str, dcr_id: str) -> bool:
 class _Outcome:
     """What became of one batch's records so far; reports each resolved part as it happens."""
 
-    def __init__(self, log_source: str, on_resolved: Callable[[Sequence[int]], None] | None) -> None:
+    def __init__(self, log_source: str, on_resolved: Callable[[Sequence[int], bool], None] | None) -> None:
         self.log_source = log_source
         self._on_resolved = on_resolved
         self._lock = threading.Lock()
@@ -119,16 +111,14 @@ class _Outcome:
     def accepted_part(self, chunk: Chunk) -> None:
         with self._lock:
             self.accepted += len(chunk)
-        self._report([item.index for item in chunk.items])
+        if self._on_resolved is not None:
+            self._on_resolved([item.index for item in chunk.items], True)
 
     def dead_lettered(self, indexes: Sequence[int]) -> None:
         with self._lock:
             self.refused += len(indexes)
-        self._report(indexes)
-
-    def _report(self, indexes: Sequence[int]) -> None:
         if self._on_resolved is not None:
-            self._on_resolved(indexes)
+            self._on_resolved(indexes, False)
 
 
 def _default_credential() -> TokenCredential:
@@ -339,11 +329,13 @@ class SentinelSink:
         stream: nothing is dead-lettered, nothing counts as delivered) or some of its records (then
         only those go to the dead letters).
 
-        A refusal is the request's when Azure names the stream, DCR or schema; when no part of the
-        chunk is taken down to its quarters and every part is refused the same way; or when a lone
-        record is refused and a known-good health record is refused too. A record is dead-lettered
-        only when it is refused alone while records beside it were accepted (or, for a lone record,
-        a health record was)."""
+        The chunk is split level by level (halves, quarters, ...). As soon as a part is accepted,
+        the refusal is the records': the refused parts are split down to the single records that
+        Azure refuses beside accepted ones, and only those are dead-lettered. The refusal is the
+        request's when Azure names the stream, DCR, schema or transform; when nothing is accepted
+        down to the quarters and a known-good health record is refused too; or when nothing of the
+        chunk is accepted down to `_DEPTH` levels (or down to single records) at all. A lone record
+        is dead-lettered only if a health record is accepted in its place."""
         if _names_destination(failure, self.stream_name, self.dcr_id):
             raise self._refuses_requests(failure)
         if len(chunk) == 1:
@@ -356,23 +348,26 @@ class SentinelSink:
             len(chunk),
             failure.describe(),
         )
-        refused: list[tuple[Chunk, Failure]] = [(chunk, failure)]
         frontier = [(chunk, failure)]
-        for _ in range(2):  # halves, then quarters, before judging
+        taken = False
+        for level in range(_DEPTH):
+            if level == 2 and not self._takes_a_health_record():
+                raise self._refuses_requests(failure)
             nxt: list[tuple[Chunk, Failure]] = []
-            for part, _failure in frontier:
+            for part, part_failure in frontier:
                 if len(part) < 2:
-                    nxt.append((part, _failure))
+                    nxt.append((part, part_failure))
                     continue
                 for half in part.halves():
                     half_failure = self._try(half, outcome)
-                    if half_failure is not None:
+                    if half_failure is None:
+                        taken = True
+                    else:
                         nxt.append((half, half_failure))
-                        refused.append((half, half_failure))
             frontier = nxt
-        same = all(_same(f, failure) for _, f in refused) and failure.status != 413
-        nothing_taken = same and len(refused) == len(_parts(chunk))
-        if nothing_taken and (len(chunk) >= 4 or not self._takes_a_health_record()):
+            if taken or all(len(part) == 1 for part, _ in frontier):
+                break
+        if not taken and failure.status != 413:
             raise self._refuses_requests(failure)
         for part, part_failure in frontier:
             self._settle_record_level(part, part_failure, outcome)
