@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test demo test lint typecheck unit bench clean
+.PHONY: install install-test demo test lint typecheck unit model bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ unit: install-test
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The model-based test of the exactly-once promise, at length (make test runs 20 examples per sink).
+MODEL_EXAMPLES ?= 400
+model: install-test
+	OP_SENTINEL_MODEL_EXAMPLES=$(MODEL_EXAMPLES) $(BIN)/pytest -q tests/property/test_model_exactly_once.py
 
 bench: install-test
 	$(BIN)/python -m bench

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import httpx
 import pytest
 
 from opsentinel.pipeline import Pipeline, StreamResult
@@ -18,6 +21,7 @@ from opsentinel.source.ratelimit import RateLimit, RateLimiter
 from opsentinel.source.retry import RetryPolicy
 from opsentinel.source.token import ApiToken
 from opsentinel.streams import get_stream
+from opsentinel.timefmt import parse_rfc3339
 
 STREAM = get_stream("auditevents")
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
@@ -201,3 +205,52 @@ def test_zero_workers_reads_history_with_one_cursor(sim: SimulatorServer, tmp_pa
     assert set(_stored(db)) == _expected(sim)
     resets = [r for r in sim.request_log if r.path == STREAM.path and not r.cursor]
     assert len(resets) == 1, "one ResetCursor, then cursors only"
+
+
+class _Recording(httpx.AsyncBaseTransport):
+    """The real HTTP transport, remembering every request body."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.bodies: list[dict[str, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.content:
+            self.bodies.append(json.loads(request.content))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_no_request_asks_for_more_than_the_api_keeps(sim: SimulatorServer, tmp_path: Path) -> None:
+    """A first start older than 120 days (given directly to the library, past the settings' clamp)
+    and padded slice windows still never ask the API for a moment it no longer holds."""
+    recording = _Recording()
+
+    async def main() -> StreamResult:
+        async with EventsClient(
+            sim.base_url, ApiToken(sim.token), limiter=RateLimiter([RateLimit(100_000, 60.0)]),
+            retry=FAST_RETRY, transport=recording,
+        ) as client:  # fmt: skip
+            store = DuckDBStore(tmp_path / "old.duckdb")
+            try:
+                pipeline = Pipeline(
+                    client=client,
+                    sink=store,
+                    store=store,
+                    account=sim.account_uuid,
+                    first_start=datetime.now(UTC) - timedelta(days=200),
+                    backfill_workers=4,
+                )
+                (result,) = await pipeline.poll_cycle([STREAM])
+                return result
+            finally:
+                store.close()
+
+    started = datetime.now(UTC)
+    result = asyncio.run(main())
+    assert result.error is None
+    starts = [parse_rfc3339(b["start_time"]) for b in recording.bodies if "start_time" in b]
+    assert len(starts) > 2, "history was read in slices"
+    assert min(starts) >= started - timedelta(days=120)

@@ -17,7 +17,9 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import orjson
 from tests.fakes.azure_identity import FakeManagedIdentity
 from tests.fakes.azure_ingestion import FakeLogsIngestion
@@ -107,8 +109,11 @@ def test_kill_9_loop_duckdb_stores_every_event_exactly_once(forkserver: ForkServ
             if not db.exists():
                 continue
             rows_seen.append(assert_no_duplicates(db))
-            if any(backfill is not None for _, _, backfill in checkpoints(db)):
+            stored = checkpoints(db)
+            if any(backfill is not None for _, _, backfill in stored):
                 kills_in_backfill += 1
+            # The hand-over is crash-safe: where the live cursor starts is stored with the first commit.
+            assert all(live_start is not None for live_start in _live_starts(db)), "a live start was lost"
             if i % 3 == 2:
                 _add_late_and_live(sim, rng)
 
@@ -122,6 +127,14 @@ def test_kill_9_loop_duckdb_stores_every_event_exactly_once(forkserver: ForkServ
     assert kills_in_backfill >= 2, "no kill landed while the first run's backfill was in progress"
     assert rows_seen[-1] <= total
     assert all(cursor and backfill is None for _, cursor, backfill in checkpoints(db))
+
+
+def _live_starts(db: Path) -> list[Any]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return [row[0] for row in con.execute("SELECT live_start FROM opsentinel_checkpoints").fetchall()]
+    finally:
+        con.close()
 
 
 def _counts(fake: FakeLogsIngestion) -> Counter[tuple[str, str]]:
@@ -146,6 +159,7 @@ def _state_backfill(state: Path) -> dict[str, bool]:
     for path in (state / "checkpoints").glob("*/*.json"):
         data = orjson.loads(path.read_bytes())
         out[data["stream"]] = data.get("backfill") is not None
+        assert data.get("live_start"), "the live cursor's start is stored from the first commit on"
     return out
 
 

@@ -69,15 +69,24 @@ async def read_history(pipeline: Pipeline, stream: Stream, stop: asyncio.Event) 
     queue: asyncio.Queue[int] = asyncio.Queue()
     for s in stream.plan.pending():
         queue.put_nowait(s.id)
-    workers = max(1, min(pipeline.backfill_workers, queue.qsize()))
+    workers = max(1, pipeline.backfill_workers)
+    busy = 0  # workers paging a slice (which may yet be divided into queued parts)
 
     async def work() -> None:
+        nonlocal busy
         while not stop.is_set():
             try:
                 slice_id = queue.get_nowait()
             except asyncio.QueueEmpty:
-                return
-            await _page_slice(pipeline, stream, slice_id, stop, _Divider(queue, pipeline.backfill_workers))
+                if not busy:
+                    return  # nothing queued, nothing that could still queue more
+                await asyncio.sleep(0.05)
+                continue
+            busy += 1
+            try:
+                await _page_slice(pipeline, stream, slice_id, stop, _Divider(queue, workers))
+            finally:
+                busy -= 1
 
     from opsentinel.pipeline import gather_or_cancel
 

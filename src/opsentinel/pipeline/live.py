@@ -21,7 +21,7 @@ import operator
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +197,3 @@ def _live_update(cursor: str, newest: datetime | None) -> Update:
 
     return apply
 
-
-def late_window_start(now: datetime, late_window: timedelta, first_start: datetime) -> datetime:
-    """Where a first run's live chain starts: the late window before now, not before the first start."""
-    return max(first_start, now - late_window)
