@@ -91,6 +91,10 @@ class Settings(BaseModel):
     health_interval: timedelta = timedelta(minutes=15)
     backfill_workers: int = Field(default=8, ge=0, le=32)
     late_window: timedelta = DEFAULT_LATE_WINDOW
+    # [[account]] tables of the config file (see accounts.py); account_name names the one these
+    # settings are for, once split per account
+    accounts: tuple[dict[str, Any], ...] = ()
+    account_name: str | None = None
     allow_custom_host: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -213,6 +217,11 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
     for key in data:
         if key == "token":
             raise ConfigError(f"config file {path}: put the token in a file and set token_file, not token")
+        if key == "account":
+            from opsentinel.accounts import parse_account_tables
+
+            data["account"] = parse_account_tables(data["account"], path)
+            continue
         if key not in known:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
     if "token_file" in data:
@@ -266,6 +275,8 @@ def load_settings(
                 f"give either since ({origin['since']}) or lookback ({origin['lookback']}), not both"
             )
         merged.pop("lookback" if level["since"] < level["lookback"] else "since")
+    if file_values.get("account"):
+        merged["accounts"] = file_values["account"]
     try:
         settings = Settings(**merged)
     except ValidationError as exc:
