@@ -15,6 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from opsentinel.config import Settings
 from opsentinel.connector import REGIONS, Connector
+from opsentinel.errors import OpSentinelError, UserError
 from opsentinel.pipeline import StreamResult
 from opsentinel.timefmt import format_rfc3339
 
@@ -27,6 +28,9 @@ def run_check(settings: Settings) -> None:
 
 
 async def _check(settings: Settings) -> None:
+    if settings.accounts:
+        await _check_accounts(settings)
+        return
     connector = await Connector.start(settings, lock=False)
     try:
         info = connector.introspection
@@ -46,6 +50,23 @@ async def _check(settings: Settings) -> None:
         print(f"check:     {await asyncio.to_thread(connector.destination.sink.check)}")
     finally:
         await connector.close()
+
+
+async def _check_accounts(settings: Settings) -> None:
+    """`check` for every [[account]]: each one's block, then one error line if some failed."""
+    from opsentinel.accounts import account_settings
+
+    failed: list[str] = []
+    for account in account_settings(settings):
+        print(f"[account {account.account_name}]")
+        try:
+            await _check(account)
+        except OpSentinelError as exc:
+            print(f"error:     {exc}")
+            failed.append(f"{account.account_name}: {exc}")
+        print()
+    if failed:
+        raise UserError(f"{len(failed)} account(s) failed the check; {failed[0]}")
 
 
 def run_connector(settings: Settings, *, once: bool, progress: bool) -> int:
@@ -82,6 +103,12 @@ async def run_async(settings: Settings, *, once: bool, progress: bool) -> int:
     stop = _Stop()
     loop = asyncio.get_running_loop()
     handled = _install_signals(loop, stop)
+    if settings.accounts:
+        try:
+            return await _run_fleet(settings, stop, once=once)
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
     connector = await Connector.start(settings)
     try:
         log.info(
@@ -106,6 +133,30 @@ class _Stop(asyncio.Event):
     """The stop request, remembering which signal made it."""
 
     signal: signal.Signals | None = None
+
+
+async def _run_fleet(settings: Settings, stop: _Stop, *, once: bool) -> int:
+    """`run` over every [[account]] of the config."""
+    from opsentinel.fleet import Fleet
+
+    fleet = await Fleet.start(settings)
+    try:
+        if not once:
+            await fleet.run_forever(stop)
+            return 0
+        outcomes = await fleet.poll_cycle(stop)
+        codes = []
+        for run, results in outcomes:
+            print(f"[account {run.name}]", file=sys.stderr)
+            codes.append(_report_once(results, stopped_by=stop.signal if stop.is_set() else None))
+        failed = [run for run in fleet.accounts if run.connector is None]
+        for run in failed:
+            print(f"error: account {run.name} could not start ({run.error})", file=sys.stderr)
+        if failed:
+            codes.append(1)
+        return max(codes, default=0)
+    finally:
+        await fleet.close()
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> list[signal.Signals]:

@@ -253,8 +253,8 @@ class Connector:
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Poll each stream, waiting `poll_interval` after each drain (backing off after failures),
         and write health rows at least every `health_interval`, until `stop` is set."""
-        tasks = [asyncio.create_task(self._poll_stream_forever(spec, stop)) for spec in self.streams]
-        tasks.append(asyncio.create_task(self._health_forever(stop)))
+        tasks = [asyncio.create_task(self.follow_forever(spec, stop)) for spec in self.streams]
+        tasks.append(asyncio.create_task(self.health_forever(stop)))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -263,7 +263,7 @@ class Connector:
         await self.record_status()
         await self.pipeline.write_health()
 
-    async def _poll_stream_forever(self, spec: StreamSpec, stop: asyncio.Event) -> None:
+    async def follow_forever(self, spec: StreamSpec, stop: asyncio.Event) -> None:
         """Follow the stream (live cursor every poll interval, first-run history alongside); after a
         failure, start again from the checkpoint with a growing pause."""
         interval = self.settings.poll_interval.total_seconds()
@@ -282,7 +282,8 @@ class Connector:
             failures += 1
             await _wait(stop, min(300.0, interval * 2 ** min(failures, 8)))
 
-    async def _health_forever(self, stop: asyncio.Event) -> None:
+    async def health_forever(self, stop: asyncio.Event) -> None:
+        """Write health rows when a stream's category changes and at least every health interval."""
         interval = self.settings.health_interval.total_seconds()
         last = 0.0
         loop = asyncio.get_running_loop()
