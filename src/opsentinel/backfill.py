@@ -19,10 +19,11 @@ Instead a plan has several slices per worker (sized from a first probe of the hi
 workers that finish early take the slices still queued; and a slice whose first page shows it dense
 while workers would sit idle is divided before it delivers anything (`divided`).
 
-A slice whose cursor the API rejects starts its window again and skips what it already delivered:
-the window's events come back in the same index order, so the first `read` of them are the ones
-delivered (`last_uuid`, the last of them, confirms where that prefix ends even if the oldest events
-have left the API's retention meanwhile).
+A slice whose cursor the API rejects starts its window again and passes over what it already
+delivered: the window's events come back in the same index order, so the first `read` of them are
+the ones delivered (`last_uuid`, the last of them, confirms where that prefix ends even if the oldest
+events have left the API's retention meanwhile). `read` is a high-water mark kept apart from the new
+chain's `position`, so a restart in the middle of passing over still knows how far to go.
 
 The plan is plain data stored in the checkpoint (`Checkpoint.backfill`), committed with every page,
 so a crash resumes the unfinished slices only. This module is pure: no I/O, no clock.
@@ -46,9 +47,10 @@ PAGES_PER_SLICE = 2  # from the density probe: fewer, larger slices would leave 
 
 @dataclass(frozen=True)
 class Slice:
-    """One time slice `[start, end)`. `cursor` continues its chain; `read` counts the events the
-    chain has returned so far and `last_uuid` names the last of them; `progress` is the newest event
-    time it delivered; `done` once its chain said `has_more: false`."""
+    """One time slice `[start, end)`. `cursor` continues its chain, which stands at `position` (events
+    returned by it); `read` counts the events of the window ever returned to the slice (they stay
+    passed over when a rejected cursor makes it start again) and `last_uuid` names the last of them;
+    `progress` is the newest event time it delivered; `done` once its chain said `has_more: false`."""
 
     id: int
     start: datetime
@@ -58,6 +60,7 @@ class Slice:
     done: bool = False
     read: int = 0
     last_uuid: str | None = None
+    position: int = 0
 
     def owns(self, moment: datetime) -> bool:
         return self.start <= moment < self.end
@@ -127,6 +130,7 @@ class BackfillPlan:
                     "progress": format_rfc3339(s.progress) if s.progress else None,
                     "done": s.done,
                     "read": s.read,
+                    "position": s.position,
                     "last_uuid": s.last_uuid,
                 }
                 for s in self.slices
@@ -153,6 +157,7 @@ class BackfillPlan:
                 done=bool(s.get("done")),
                 read=int(s.get("read") or 0),
                 last_uuid=s.get("last_uuid"),
+                position=int(s.get("position", s.get("read")) or 0),
             )
             for s in data["slices"]
         )

@@ -437,6 +437,8 @@ class ExactlyOnce(RuleBasedStateMachine):
                 assert cp.newest_event_time >= self.last.newest_event_time
             if self.last.live_start is not None:
                 assert cp.live_start == self.last.live_start, "the live start moved"
+            if self.last.first_run_at is not None:
+                assert cp.first_run_at == self.last.first_run_at, "the first-run boundary moved"
         self.last = cp
         if self.kind != "sentinel":
             return

@@ -47,10 +47,11 @@ def run_until_stored(
     during: Callable[[float], None] | None = None,
     destination: Destination | None = None,
     complete: Callable[[], bool] | None = None,
+    also: Callable[[], bool] | None = None,
 ) -> float:
     """Run the connector until `complete()` (default: the DuckDB store holds as many rows per stream
-    as the simulator has events; the test then checks them one by one), calling `during(elapsed)`
-    every 50 ms. Returns the seconds it took; fails if `timeout` passes first."""
+    as the simulator has events; the test then checks them one by one) and `also()`, calling
+    `during(elapsed)` every 50 ms. Returns the seconds it took; fails if `timeout` passes first."""
 
     async def main() -> float:
         connector = await Connector.start(
@@ -70,7 +71,7 @@ def run_until_stored(
                 elapsed = time.monotonic() - started
                 if during is not None:
                     during(elapsed)
-                if done():  # here, not in a worker thread: they may all be busy delivering
+                if (also is None or also()) and done():  # here: worker threads may all be busy
                     return elapsed
                 assert elapsed < timeout, f"not every event was stored within {timeout} s"
                 await asyncio.sleep(0.05)

@@ -162,7 +162,15 @@ class Pipeline:
         if committed is None:
             began = self.client.api_now()
             live_start, plan, first_pages = await plan_first_run(self, spec, began)
-            committed = Checkpoint(self.account, spec.name, live_start=live_start, first_run_at=began)
+            committed = await self._first_commit(
+                Checkpoint(
+                    self.account,
+                    spec.name,
+                    live_start=live_start,
+                    first_run_at=began,
+                    backfill=plan.to_dict() if plan is not None else None,
+                )
+            )
         else:
             plan = None
             if committed.backfill:
@@ -176,6 +184,20 @@ class Pipeline:
         if self.ledgers is not None and not self.sink.transactional:
             ledger = await asyncio.to_thread(Ledger.load, self.ledgers, self.account, spec.name)
         return Stream(self, spec, committed, live_start, plan, committed.first_run_at, ledger, first_pages)
+
+    async def _first_commit(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Store a first run's plan before anything is delivered: where the live cursor starts and
+        the first-run boundary are then the same whatever happens next (a kill before the first page
+        is stored must not move them, or the boundary would let an event already sent to the rules'
+        table be history, or the reverse)."""
+        if self.sink.transactional:
+            receipt = await asyncio.to_thread(
+                self.sink.write, Batch(checkpoint.stream, [], self.clock()), checkpoint
+            )
+            if receipt.checkpoint is None:
+                raise StoreError(f"the {self.sink.name} sink stored no checkpoint for {checkpoint.stream}")
+            return receipt.checkpoint
+        return await asyncio.to_thread(self.store.commit, checkpoint)
 
     async def write_health(self) -> None:
         """Write one `healthevents` row per stream. A failure is logged, never raised: health rows are

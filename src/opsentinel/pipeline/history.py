@@ -117,21 +117,32 @@ class _Divider:
         return True
 
 
-class _Skip:
-    """After a slice's cursor was rejected: the events its new chain repeats, to be skipped."""
+class _Reach:
+    """How far a slice got: `read` events of its window, in index order, were returned to it (the
+    high-water mark: it never goes back), the last being `last_uuid`; `position` is where its current
+    chain stands. A chain started again after a rejected cursor repeats the window from the start, so
+    events at positions up to `read` are passed over (all delivered before); if the event at
+    `last_uuid` comes earlier than `read` (older events left the API's retention meanwhile), the
+    repeat ends there."""
 
-    def __init__(self, count: int, anchor: str | None) -> None:
-        self.count = count
-        self.anchor = anchor
+    def __init__(self, s: Slice) -> None:
+        self.read = s.read
+        self.position = s.position
+        self.last_uuid = s.last_uuid
 
-    def passes(self, uuid: Any) -> bool:
-        """False for an event delivered before (the next of the first `count`, up to `anchor`)."""
-        if self.count <= 0:
-            return True
-        self.count -= 1
-        if uuid == self.anchor:
-            self.count = 0  # older events left retention meanwhile: the repeat ends here
-        return False
+    def restart(self) -> None:
+        self.position = 0
+
+    def new(self, uuid: Any) -> bool:
+        """Count one event of the chain; True if it was not returned to the slice before."""
+        self.position += 1
+        if self.position <= self.read:
+            if uuid == self.last_uuid:
+                self.read = self.position
+            return False
+        self.read = self.position
+        self.last_uuid = uuid if isinstance(uuid, str) else self.last_uuid
+        return True
 
 
 async def _page_slice(
@@ -141,31 +152,27 @@ async def _page_slice(
     current = stream.plan.get(slice_id)
     fresh = current.cursor is None
     floor = pipeline.floor()
+    reach = _Reach(current)
     if current.expired(floor):
         log.warning("stream=%s slice %d left the API's retention before it was read", stream.name, slice_id)
-        gone = _slice_delivery(slice_id, None, [], [], current.read, current.last_uuid, done=True)
-        await stream.commit(gone)
+        await stream.commit(_slice_delivery(slice_id, None, [], [], reach, done=True))
         return
     pager = CursorPager.resume(current.cursor) if current.cursor else _slice_pager(current, floor)
-    position, last_uuid = current.read, current.last_uuid
-    skip = _Skip(0, None)
     while not stop.is_set():
         page = stream.first_pages.pop(slice_id, None)
         if page is None:
             try:
                 page = await pipeline.client.fetch_page(stream.spec, pager.next_request())
             except CursorRejected:
-                current = stream.plan.get(slice_id) if stream.plan is not None else current
                 log.warning(
                     "stream=%s slice %d: the API rejected its cursor; reading the slice again and "
-                    "skipping the %d events it already returned",
+                    "passing over the %d events it already returned",
                     stream.name,
                     slice_id,
-                    current.read,
+                    reach.read,
                 )
                 pager = _slice_pager(current, pipeline.floor())
-                skip = _Skip(current.read, current.last_uuid)
-                position = 0
+                reach.restart()
                 continue
         if fresh and divider.divide(stream, current, page):
             return  # nothing of it was delivered: its parts start afresh
@@ -175,15 +182,12 @@ async def _page_slice(
         events: list[Mapping[str, Any]] = []
         times: list[datetime] = []
         for event, moment in zip(page.events, page.times, strict=True):
-            uuid = event.get("uuid")
-            position += 1
-            last_uuid = uuid if isinstance(uuid, str) else last_uuid
-            if skip.passes(uuid) and current.owns(moment):
+            if reach.new(event.get("uuid")) and current.owns(moment):
                 events.append(event)
                 times.append(moment)
         kept, kept_times, ignored = stream.without_known(events, times)
         delivery = _slice_delivery(
-            slice_id, page, kept, kept_times, position, last_uuid, done=pager.drained, ignored=ignored
+            slice_id, page, kept, kept_times, reach, done=pager.drained, ignored=ignored
         )
         await stream.stage(delivery)
         await stream.commit(delivery)
@@ -201,14 +205,14 @@ def _slice_delivery(
     page: Page | None,
     events: list[Mapping[str, Any]],
     times: list[datetime],
-    read: int,
-    last_uuid: str | None,
+    reach: _Reach,
     *,
     done: bool,
     ignored: int = 0,
 ) -> Delivery:
     newest = max(times) if times else None
     cursor = page.cursor if page is not None else None
+    read, position, last_uuid = reach.read, reach.position, reach.last_uuid
 
     def update(cp: Checkpoint) -> Checkpoint:
         return replace(cp, newest_event_time=later(cp.newest_event_time, newest))
@@ -222,6 +226,7 @@ def _slice_delivery(
                 progress=later(s.progress, newest),
                 done=done,
                 read=read,
+                position=position,
                 last_uuid=last_uuid,
             )
         )
