@@ -13,9 +13,14 @@ from opsentinel.azure import build_function_app_template, function_app_settings
 from opsentinel.config import SPECS, TOKEN_ENV
 from opsentinel.timefmt import parse_duration
 
-# Settings being added by the replicas and late-events work (interface.md lists them); known names here
-# until they appear in config.SPECS.
-COMING_SETTINGS = {"OP_SENTINEL_LATE_WINDOW", "OP_SENTINEL_REPLICA_ID", "OP_SENTINEL_SCHEDULE"}
+# Settings being added by the replicas, late-events and first-run-history work (interface.md lists them,
+# or will); known names here until they appear in config.SPECS.
+COMING_SETTINGS = {
+    "OP_SENTINEL_LATE_WINDOW",
+    "OP_SENTINEL_REPLICA_ID",
+    "OP_SENTINEL_SCHEDULE",
+    "OP_SENTINEL_HISTORY_STREAM",
+}
 # Settings of the Functions host, Application Insights and azure-identity (not op-sentinel's).
 PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__accountName",
@@ -59,6 +64,7 @@ def test_every_op_sentinel_app_setting_is_a_real_setting_name() -> None:
         "OP_SENTINEL_DCE",
         "OP_SENTINEL_DCR_ID",
         "OP_SENTINEL_STREAM",
+        "OP_SENTINEL_HISTORY_STREAM",
         "OP_SENTINEL_STATE",
         "OP_SENTINEL_TOKEN",
         "OP_SENTINEL_BASE_URL",
@@ -94,6 +100,10 @@ def test_settings_as_deployed_are_values_op_sentinel_accepts() -> None:
     settings = deployed_settings(storageAccountName="opsentstate01", stateContainerName="checkpoints")
     assert settings["OP_SENTINEL_SINK"] == "sentinel"
     assert settings["OP_SENTINEL_STREAM"] == "Custom-OnePasswordEventLogs_CL"
+    # A first run's history goes to the stream this template's DCR declares for it.
+    assert settings["OP_SENTINEL_HISTORY_STREAM"] == "Custom-OnePasswordEventLogsHistory_CL"
+    (rule,) = resources(build_function_app_template(), "Microsoft.Insights/dataCollectionRules")
+    assert settings["OP_SENTINEL_HISTORY_STREAM"] in rule["properties"]["streamDeclarations"]
     assert settings["OP_SENTINEL_DCR_ID"] == "dcr-" + "0" * 32
     assert settings["OP_SENTINEL_DCE"].startswith("https://")
     # interface.md "Blob state": https://ACCOUNT.blob.core.windows.net/CONTAINER
@@ -196,6 +206,7 @@ def test_outputs_name_what_the_next_steps_need() -> None:
         "dataCollectionRuleImmutableId",
         "dataCollectionRuleId",
         "streamName",
+        "historyStreamName",
         "functionAppName",
         "identityPrincipalId",
         "identityClientId",
