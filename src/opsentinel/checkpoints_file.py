@@ -270,6 +270,8 @@ class FileCheckpointStore:
                 updated_at=_time(data, "updated_at"),
                 backfill=_optional(data, "backfill", dict),
                 live_start=_time(data, "live_start"),
+                first_run_at=_time(data, "first_run_at"),
+                caught_up_at=_time(data, "caught_up_at"),
                 events_duplicate=_optional(data, "events_duplicate", int) or 0,
                 events_dead_lettered=_optional(data, "events_dead_lettered", int) or 0,
             )
@@ -379,6 +381,8 @@ def _checkpoint_json(cp: Checkpoint) -> dict[str, Any]:
         "updated_at": _time_text(cp.updated_at),
         "backfill": cp.backfill,
         "live_start": _time_text(cp.live_start),
+        "first_run_at": _time_text(cp.first_run_at),
+        "caught_up_at": _time_text(cp.caught_up_at),
         "events_duplicate": cp.events_duplicate,
         "events_dead_lettered": cp.events_dead_lettered,
     }

@@ -96,6 +96,15 @@ DcrStreamOpt = Annotated[
         help="DCR stream [env OP_SENTINEL_STREAM; default Custom-OnePasswordEventLogs_CL]",
     ),
 ]
+HistoryStreamOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--history-stream",
+        help="DCR stream for events older than a stream's first run (kept out of the analytic rules' "
+        "table); none sends no history [env OP_SENTINEL_HISTORY_STREAM; "
+        "default Custom-OnePasswordEventLogsHistory_CL]",
+    ),
+]
 StateOpt = Annotated[
     Path | None,
     typer.Option(
@@ -180,11 +189,15 @@ def check(
     dce: DceOpt = None,
     dcr_id: DcrIdOpt = None,
     stream: DcrStreamOpt = None,
+    history_stream: HistoryStreamOpt = None,
     state: StateOpt = None,
+    since: SinceOpt = None,
+    lookback: LookbackOpt = None,
     allow_custom_host: CustomHostOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
-    """Validate settings and the token; print account, features, region and the streams that will run."""
+    """Validate settings and the token; print account, features, region, the streams that will run,
+    and what a stream's first run will read and send where."""
     from opsentinel.commands import run_check
 
     settings = _settings(
@@ -197,7 +210,10 @@ def check(
         dce=dce,
         dcr_id=dcr_id,
         stream=stream,
+        history_stream=history_stream,
         state=state,
+        since=since,
+        lookback=lookback,
         allow_custom_host=allow_custom_host,
         log_level=log_level,
     )
@@ -221,6 +237,7 @@ def run(
     dce: DceOpt = None,
     dcr_id: DcrIdOpt = None,
     stream: DcrStreamOpt = None,
+    history_stream: HistoryStreamOpt = None,
     state: StateOpt = None,
     poll_interval: PollOpt = None,
     health_interval: HealthOpt = None,
@@ -252,6 +269,7 @@ def run(
         dce=dce,
         dcr_id=dcr_id,
         stream=stream,
+        history_stream=history_stream,
         state=state,
         poll_interval=poll_interval,
         health_interval=health_interval,
@@ -289,6 +307,7 @@ def resend_dead_letters(
     dce: DceOpt = None,
     dcr_id: DcrIdOpt = None,
     stream: DcrStreamOpt = None,
+    history_stream: HistoryStreamOpt = None,
     state: StateOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
@@ -300,7 +319,14 @@ def resend_dead_letters(
     from opsentinel.commands import run_resend
 
     settings = _settings(
-        config, sink="sentinel", dce=dce, dcr_id=dcr_id, stream=stream, state=state, log_level=log_level
+        config,
+        sink="sentinel",
+        dce=dce,
+        dcr_id=dcr_id,
+        stream=stream,
+        history_stream=history_stream,
+        state=state,
+        log_level=log_level,
     )
     raise typer.Exit(run_resend(settings))
 

@@ -40,6 +40,9 @@ async def _check(settings: Settings) -> None:
         if connector.skipped:
             print(f"skipped:   {', '.join(connector.skipped)} (token lacks the feature)")
         print(f"sink:      {connector.destination.describe()}")
+        fresh = await connector.first_runs()
+        if fresh:
+            print(f"first run: {', '.join(fresh)}: {connector.first_run_plan()}")
         print(f"check:     {await asyncio.to_thread(connector.destination.sink.check)}")
     finally:
         await connector.close()

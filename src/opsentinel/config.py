@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from opsentinel.errors import ConfigError
-from opsentinel.schema import DCR_STREAM_NAME
+from opsentinel.schema import DCR_HISTORY_STREAM_NAME, DCR_STREAM_NAME
 from opsentinel.streams import STREAM_NAMES
 from opsentinel.timefmt import parse_duration, parse_rfc3339
 
@@ -56,6 +56,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("dce", "OP_SENTINEL_DCE"),
     SettingSpec("dcr_id", "OP_SENTINEL_DCR_ID"),
     SettingSpec("stream", "OP_SENTINEL_STREAM"),
+    SettingSpec("history_stream", "OP_SENTINEL_HISTORY_STREAM"),
     SettingSpec("state", "OP_SENTINEL_STATE"),
     SettingSpec("poll_interval", "OP_SENTINEL_POLL_INTERVAL"),
     SettingSpec("health_interval", "OP_SENTINEL_HEALTH_INTERVAL"),
@@ -84,11 +85,16 @@ class Settings(BaseModel):
     dce: str | None = None
     dcr_id: str | None = None
     stream: str = DCR_STREAM_NAME
+    history_stream: str = DCR_HISTORY_STREAM_NAME
     state: Path = Path(".op-sentinel")
     poll_interval: timedelta = timedelta(seconds=10)
     health_interval: timedelta = timedelta(minutes=15)
     backfill_workers: int = Field(default=8, ge=0, le=32)
     late_window: timedelta = DEFAULT_LATE_WINDOW
+    # [[account]] tables of the config file (see accounts.py); account_name names the one these
+    # settings are for, once split per account
+    accounts: tuple[dict[str, Any], ...] = ()
+    account_name: str | None = None
     allow_custom_host: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -148,6 +154,14 @@ class Settings(BaseModel):
             raise ValueError(f"expected 1 or 0, got {value[:20]!r}")
         return value
 
+    @field_validator("history_stream", mode="before")
+    @classmethod
+    def _history_stream(cls, value: Any) -> Any:
+        # "none" (or an empty value where one can be given) sends no history to Sentinel
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return ""
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level(cls, value: Any) -> Any:
@@ -166,6 +180,12 @@ class Settings(BaseModel):
                 "the start is older than the API's 120-day retention; starting 120 days ago instead",
             )
         return start, None
+
+    @property
+    def sends_history(self) -> bool:
+        """Whether a first run reads history: always, except into Sentinel with no history stream
+        (history would otherwise reach the analytic rules' table as if it were new)."""
+        return self.sink != "sentinel" or bool(self.history_stream.strip())
 
     @property
     def start_was_given(self) -> bool:
@@ -197,6 +217,11 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
     for key in data:
         if key == "token":
             raise ConfigError(f"config file {path}: put the token in a file and set token_file, not token")
+        if key == "account":
+            from opsentinel.accounts import parse_account_tables
+
+            data["account"] = parse_account_tables(data["account"], path)
+            continue
         if key not in known:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
     if "token_file" in data:
@@ -250,6 +275,8 @@ def load_settings(
                 f"give either since ({origin['since']}) or lookback ({origin['lookback']}), not both"
             )
         merged.pop("lookback" if level["since"] < level["lookback"] else "since")
+    if file_values.get("account"):
+        merged["accounts"] = file_values["account"]
     try:
         settings = Settings(**merged)
     except ValidationError as exc:

@@ -155,6 +155,7 @@ class Connector:
                 backfill_workers=settings.backfill_workers,
                 late_window=settings.late_window,
                 ledgers=dest.ledgers,
+                send_history=settings.sends_history,
             )
             connector = cls(settings, base_url, client, info, streams, skipped, dest, pipeline)
             await connector._warn_about_start(clamp_warning)
@@ -165,9 +166,41 @@ class Connector:
             raise
         return connector
 
+    async def first_runs(self) -> list[str]:
+        """The streams that have no checkpoint yet: their next run is a first run."""
+        fresh = []
+        for spec in self.streams:
+            cp = await asyncio.to_thread(self.destination.store.read, self.account, spec.name)
+            if cp is None:
+                fresh.append(spec.name)
+        return fresh
+
+    def first_run_plan(self) -> str:
+        """One line: what a first run will read and where it will send it."""
+        since = self.pipeline.first_start.isoformat(timespec="seconds")
+        if self.settings.sink != "sentinel":
+            return f"events from {since} on to {self.destination.describe()}"
+        main = f"{self.settings.stream} (the analytic rules' table)"
+        if not self.settings.sends_history:
+            return f"events from the run's start on to {main}; no history (--history-stream none)"
+        return (
+            f"events from the run's start on to {main}; those from {since} up to it to "
+            f"{self.settings.history_stream}"
+        )
+
     async def _warn_about_start(self, clamp_warning: str | None) -> None:
         """One warning when --since/--lookback is not used (streams that continue a checkpoint), and
-        the 120-day clamp warning only when some stream does start from it."""
+        the 120-day clamp warning only when some stream does start from it; and into Sentinel without
+        a history stream, one loud warning that a first run sends no history."""
+        fresh = await self.first_runs()
+        if fresh and not self.settings.sends_history:
+            log.warning(
+                "first run of %s into Sentinel: no history is sent (--history-stream none), because the "
+                "1Password analytic rules would alert on all of it as new; load it into the history table "
+                "(deploy the DCR from `op-sentinel azure template`) or into DuckDB "
+                "(op-sentinel run --once --lookback 7d --db history.duckdb)",
+                ", ".join(fresh),
+            )
         if not self.settings.start_was_given:
             return
         resumed = []

@@ -133,5 +133,10 @@ def sentinel_sink(settings: Settings, dead_letter_dir: Path, **options: Any) -> 
     from opsentinel.sinks.sentinel import SentinelSink
 
     return SentinelSink(
-        str(settings.dce), str(settings.dcr_id), settings.stream, dead_letter_dir=dead_letter_dir, **options
+        str(settings.dce),
+        str(settings.dcr_id),
+        settings.stream,
+        dead_letter_dir=dead_letter_dir,
+        history_stream=settings.history_stream or None,
+        **options,
     )

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from opsentinel.errors import ConfigError, StoreError
@@ -56,10 +56,10 @@ def resend_dead_letters(sink: SentinelSink, state_dir: Path) -> ResendSummary:
         refused = 0
         refusal = None
         try:
-            for stream in sorted({d.stream for d in pending}):
-                part = [d for d in pending if d.stream == stream]
+            for stream, history in sorted({(d.stream, d.history) for d in pending}):
+                part = [d for d in pending if (d.stream, d.history) == (stream, history)]
                 try:
-                    refused += _resend(sink, stream, part, journal, done)
+                    refused += _resend(sink, stream, history, part, journal, done)
                 except ConfigError as exc:  # every request refused: the cause is not fixed yet
                     refused += sum(1 for d in part if d.key not in done)
                     refusal = str(exc)
@@ -71,9 +71,10 @@ def resend_dead_letters(sink: SentinelSink, state_dir: Path) -> ResendSummary:
 
 
 def _resend(
-    sink: SentinelSink, stream: str, part: Sequence[DeadLetter], journal: Path, done: set[str]
+    sink: SentinelSink, stream: str, history: bool, part: Sequence[DeadLetter], journal: Path, done: set[str]
 ) -> int:
-    """Send one stream's dead letters; returns how many Azure still refuses."""
+    """Send one stream's dead letters (to the history stream if they were on their way there);
+    returns how many Azure still refuses."""
     refused: list[int] = []
 
     def resolved(indexes: Sequence[int], accepted: bool) -> None:
@@ -84,7 +85,17 @@ def _resend(
         _append_journal(journal, keys)
         done.update(keys)
 
-    sink.write(Batch(stream, [d.record for d in part], datetime.now(UTC), on_resolved=resolved))
+    if history and sink.history_stream is None:
+        raise ConfigError(
+            f"{len(part)} dead letter(s) of {stream} belong in the history stream; give --history-stream"
+        )
+    now = datetime.now(UTC)
+    # The boundary routes the records: after all of them to the history stream, none otherwise.
+    boundary = now + timedelta(days=1) if history else None
+    times = [now] * len(part)
+    sink.write(
+        Batch(stream, [d.record for d in part], now, times=times, on_resolved=resolved, boundary=boundary)
+    )
     return len(refused)
 
 

@@ -11,6 +11,9 @@ from typing import Final, Literal
 
 TABLE_NAME: Final = "OnePasswordEventLogs_CL"
 DCR_STREAM_NAME: Final = "Custom-OnePasswordEventLogs_CL"
+# Where a first run's history goes in Sentinel: a table no analytic rule reads (docs/deploy-sentinel.md).
+HISTORY_TABLE_NAME: Final = "OnePasswordEventLogsHistory_CL"
+DCR_HISTORY_STREAM_NAME: Final = "Custom-OnePasswordEventLogsHistory_CL"
 
 Kind = Literal["string", "datetime", "dynamic", "int"]
 

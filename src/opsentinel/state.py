@@ -19,6 +19,11 @@ class Checkpoint:
     `cursor` is the live chain's Events API cursor (None before its first page). `live_start` is
     where the live chain began on the stream's first run: it owns every event stamped at or after it,
     and it is stored from the first commit on, so a restart never reads history again with it.
+    `first_run_at` is when the first run began: events stamped before it are history (the Sentinel
+    sink keeps them out of the analytic rules' table). `caught_up_at` is when (in the API's clock)
+    the live chain last asked for the page that said `has_more: false`: everything indexed before
+    it has been read, so a rejected cursor restarts the late window before it (or, before the
+    chain ever caught up, at `live_start`).
     `newest_event_time` is the newest event time delivered. The counters: `events_delivered` (rows
     the sink newly stored or accepted), `events_duplicate` (events dropped because they were
     already delivered), `events_dead_lettered` (records the sink refused and set aside).
@@ -35,6 +40,8 @@ class Checkpoint:
     updated_at: datetime | None = None
     backfill: dict[str, Any] | None = field(default=None, compare=False)
     live_start: datetime | None = None
+    first_run_at: datetime | None = None
+    caught_up_at: datetime | None = None
     events_duplicate: int = 0
     events_dead_lettered: int = 0
 

@@ -53,7 +53,8 @@ _DDL: Final = (
     f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (
         account VARCHAR NOT NULL, stream VARCHAR NOT NULL, "cursor" VARCHAR,
         newest_event_time TIMESTAMPTZ, events_delivered BIGINT NOT NULL, version BIGINT NOT NULL,
-        updated_at TIMESTAMPTZ, backfill JSON, live_start TIMESTAMPTZ,
+        updated_at TIMESTAMPTZ, backfill JSON, live_start TIMESTAMPTZ, first_run_at TIMESTAMPTZ,
+        caught_up_at TIMESTAMPTZ,
         events_duplicate BIGINT NOT NULL DEFAULT 0, events_dead_lettered BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (account, stream))""",
     f"""CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (
@@ -66,6 +67,8 @@ _DDL: Final = (
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     2: (  # the live chain's durable start, and duplicates / dead letters counted apart (0.2)
         f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS live_start TIMESTAMPTZ",
+        f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS first_run_at TIMESTAMPTZ",
+        f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS caught_up_at TIMESTAMPTZ",
         f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS events_duplicate BIGINT DEFAULT 0",
         f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN IF NOT EXISTS events_dead_lettered BIGINT DEFAULT 0",
     ),
@@ -237,7 +240,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path, now: datetime) -> 
 
 CHECKPOINT_COLUMNS: Final = (
     'account, stream, "cursor", newest_event_time, events_delivered, version, updated_at, backfill, '
-    "live_start, events_duplicate, events_dead_lettered"
+    "live_start, first_run_at, caught_up_at, events_duplicate, events_dead_lettered"
 )
 STATUS_COLUMNS: Final = (
     "account, stream, last_success, last_error, last_error_at, lag_seconds, rows_stored, updated_at"
@@ -249,12 +252,12 @@ SELECT_CHECKPOINT: Final = (
 )
 SELECT_VERSION: Final = f"SELECT version FROM {CHECKPOINTS_TABLE} WHERE account = ? AND stream = ?"
 INSERT_CHECKPOINT: Final = (
-    f"INSERT INTO {CHECKPOINTS_TABLE} ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO {CHECKPOINTS_TABLE} ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPDATE_CHECKPOINT: Final = (  # parameters: the CHECKPOINT_COLUMNS order rotated by two (key last)
     f'UPDATE {CHECKPOINTS_TABLE} SET "cursor" = ?, newest_event_time = ?, events_delivered = ?, '
-    "version = ?, updated_at = ?, backfill = ?, live_start = ?, events_duplicate = ?, "
-    "events_dead_lettered = ? WHERE account = ? AND stream = ?"
+    "version = ?, updated_at = ?, backfill = ?, live_start = ?, first_run_at = ?, caught_up_at = ?, "
+    "events_duplicate = ?, events_dead_lettered = ? WHERE account = ? AND stream = ?"
 )
 UPSERT_STATUS: Final = (
     f"INSERT INTO {STATUS_TABLE} ({STATUS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -289,13 +292,29 @@ def checkpoint_params(cp: Checkpoint) -> list[Any]:
         cp.updated_at,
         backfill,
         cp.live_start,
+        cp.first_run_at,
+        cp.caught_up_at,
         cp.events_duplicate,
         cp.events_dead_lettered,
     ]
 
 
 def checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
-    account, stream, cursor, newest, delivered, version, updated_at, backfill, live_start, dup, dead = row
+    (
+        account,
+        stream,
+        cursor,
+        newest,
+        delivered,
+        version,
+        updated_at,
+        backfill,
+        live_start,
+        first,
+        caught,
+        dup,
+        dead,
+    ) = row
     return Checkpoint(
         account=account,
         stream=stream,
@@ -306,6 +325,8 @@ def checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
         updated_at=_utc(updated_at),
         backfill=None if backfill is None else orjson.loads(backfill),
         live_start=_utc(live_start),
+        first_run_at=_utc(first),
+        caught_up_at=_utc(caught),
         events_duplicate=int(dup or 0),
         events_dead_lettered=int(dead or 0),
     )
@@ -356,7 +377,7 @@ def fetch_checkpoints(con: duckdb.DuckDBPyConnection) -> list[Checkpoint]:
         return [checkpoint_from_row(r) for r in con.execute(_ALL_CHECKPOINTS).fetchall()]
     # A store of layout 1 that no writer has migrated yet (readers cannot): its columns, defaults after.
     old = CHECKPOINT_COLUMNS.split(", live_start")[0]
-    sql = f"SELECT {old}, NULL, 0, 0 FROM {CHECKPOINTS_TABLE} ORDER BY account, stream"
+    sql = f"SELECT {old}, NULL, NULL, NULL, 0, 0 FROM {CHECKPOINTS_TABLE} ORDER BY account, stream"
     return [checkpoint_from_row(r) for r in con.execute(sql).fetchall()]
 
 

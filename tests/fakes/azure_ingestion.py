@@ -59,6 +59,7 @@ from tests.fakes.azure_identity import FakeManagedIdentity, fake_managed_identit
 
 __all__ = [
     "API_VERSION",
+    "HISTORY_STREAM",
     "MAX_BODY",
     "STREAM",
     "FakeLogsIngestion",
@@ -73,6 +74,7 @@ __all__ = [
 API_VERSION = "2023-01-01"
 MAX_BODY = 1_048_576
 STREAM = "Custom-OnePasswordEventLogs_CL"
+HISTORY_STREAM = "Custom-OnePasswordEventLogsHistory_CL"
 _MARKER = "/dataCollectionRules/"
 
 
@@ -118,6 +120,7 @@ class _State:
     uploads: list[Upload] = field(default_factory=list)
     script: list[_Scripted] = field(default_factory=list)
     rejections: list[_Rejection] = field(default_factory=list)
+    by_stream: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -183,7 +186,8 @@ class FakeLogsIngestion:
         self.ca_path = ca_path
         self.dcr_id = dcr_id or new_dcr_id()
         self.stream = stream
-        self.dcrs: dict[str, set[str]] = {self.dcr_id: {stream}}
+        # The DCR from `op-sentinel azure template` declares the history stream beside the main one.
+        self.dcrs: dict[str, set[str]] = {self.dcr_id: {stream, HISTORY_STREAM}}
         self.token_ok = token_ok or (lambda token: bool(token))
         self.strict_uncompressed = strict_uncompressed
         self.role_granted = True
@@ -287,6 +291,11 @@ class FakeLogsIngestion:
         with self._lock:
             return list(self._state.records)
 
+    def records_of(self, stream: str) -> list[dict[str, Any]]:
+        """Accepted records of one DCR stream (`records` holds those of every stream)."""
+        with self._lock:
+            return list(self._state.by_stream.get(stream, []))
+
     @property
     def uploads(self) -> list[Upload]:
         with self._lock:
@@ -325,6 +334,7 @@ class FakeLogsIngestion:
             self._state.uploads.append(upload)
             if records:
                 self._state.records.extend(records)
+                self._state.by_stream.setdefault(upload.stream, []).extend(records)
 
     def _rejection_for(self, records: list[dict[str, Any]]) -> _Rejection | None:
         with self._lock:

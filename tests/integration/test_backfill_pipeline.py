@@ -254,3 +254,22 @@ def test_no_request_asks_for_more_than_the_api_keeps(sim: SimulatorServer, tmp_p
     starts = [parse_rfc3339(b["start_time"]) for b in recording.bodies if "start_time" in b]
     assert len(starts) > 2, "history was read in slices"
     assert min(starts) >= started - timedelta(days=120)
+
+
+def test_a_cursor_rejected_before_the_live_chain_caught_up_reads_its_history_again(
+    sim: SimulatorServer, tmp_path: Path
+) -> None:
+    """With one cursor for everything (0 workers), a rejection in the middle of the history must not
+    restart near the newest event read so far: history not yet read (a late-indexed old event
+    among it) would be skipped for good. It restarts where the chain began; DuckDB drops the
+    repeats."""
+    old = sim.add_events("auditevents", 3, at=datetime.now(UTC) - timedelta(days=4))
+    sim.faults.page_cap = 50
+    db = tmp_path / "mid.duckdb"
+    assert _drain(sim, db, workers=0, cancel_after_pages=10) is None  # killed mid-history
+    sim.faults.invalidate_cursors()
+    result = _drain(sim, db, workers=0)
+    assert result is not None and result.error is None
+    stored = _stored(db)
+    assert {e["uuid"] for e in old} <= set(stored)
+    assert len(stored) == len(set(stored)) and set(stored) == _expected(sim)

@@ -45,7 +45,8 @@ from azure.core.credentials import AccessToken
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
-from tests.fakes.azure_ingestion import FakeLogsIngestion
+from tests.fakes.azure_ingestion import HISTORY_STREAM, FakeLogsIngestion
+from tests.fakes.azure_ingestion import STREAM as MAIN_STREAM
 
 from opsentinel.checkpoints_file import FileCheckpointStore
 from opsentinel.errors import RetriableError
@@ -62,6 +63,7 @@ from opsentinel.source.retry import RetryPolicy
 from opsentinel.source.token import ApiToken
 from opsentinel.state import Checkpoint
 from opsentinel.streams import get_stream
+from opsentinel.timefmt import parse_rfc3339
 
 STREAM = get_stream("auditevents")
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -408,6 +410,7 @@ class ExactlyOnce(RuleBasedStateMachine):
             connection_verify=_CA["path"],
             retry=NO_RETRY,
             sleep=lambda _: None,
+            history_stream=HISTORY_STREAM,
         )
         return sink, files, files
 
@@ -485,6 +488,12 @@ class ExactlyOnce(RuleBasedStateMachine):
         if self.kind == "sentinel":
             letters = self.tmp / "state" / "dead-letter.jsonl"
             assert not letters.exists() or not letters.read_text(), "a refusal of every request dead-lettered"
+        if self.kind == "sentinel" and self.last is not None and self.last.first_run_at is not None:
+            assert self.fake is not None
+            boundary = self.last.first_run_at
+            for record in self.fake.records_of(MAIN_STREAM):
+                if record.get("log_source") == STREAM.name:
+                    assert parse_rfc3339(record["timestamp"]) >= boundary, "history reached the rules' table"
         missing = self.required - set(delivered)
         assert not missing, f"{len(missing)} event(s) never delivered, e.g. {sorted(missing)[:3]}"
         twice = {u: n for u, n in delivered.items() if n > 1 + self.allowed[u]}

@@ -45,6 +45,8 @@ def test_the_file_is_readable_json_with_a_format_version(state: Path) -> None:
         "updated_at": data["updated_at"],
         "backfill": None,
         "live_start": None,
+        "first_run_at": None,
+        "caught_up_at": None,
         "events_duplicate": 0,
         "events_dead_lettered": 0,
     }

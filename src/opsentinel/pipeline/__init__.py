@@ -62,6 +62,8 @@ class Pipeline:
     fetched but not yet delivered on the live chain (and so memory); `max_in_flight` bounds
     concurrent deliveries of the live chain for non-transactional sinks; `backfill_workers` is how
     many history slices are paged at once on a first run (0 reads history with the live cursor).
+    `send_history` False starts a stream's first run at that moment, reading no history (for a
+    sink that must not get it: Sentinel without a history stream).
     """
 
     client: EventsClient
@@ -75,6 +77,7 @@ class Pipeline:
     backfill_workers: int = 8
     late_window: timedelta = DEFAULT_LATE_WINDOW
     ledgers: LedgerStore | None = None
+    send_history: bool = True
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     on_progress: ProgressHook | None = None
     prepare_turn: asyncio.Semaphore = field(
@@ -157,8 +160,9 @@ class Pipeline:
         first_pages: dict[int, Page] = {}
         live_start: datetime | None
         if committed is None:
-            live_start, plan, first_pages = await plan_first_run(self, spec)
-            committed = Checkpoint(self.account, spec.name, live_start=live_start)
+            began = self.client.api_now()
+            live_start, plan, first_pages = await plan_first_run(self, spec, began)
+            committed = Checkpoint(self.account, spec.name, live_start=live_start, first_run_at=began)
         else:
             plan = None
             if committed.backfill:
@@ -171,7 +175,7 @@ class Pipeline:
         ledger = None
         if self.ledgers is not None and not self.sink.transactional:
             ledger = await asyncio.to_thread(Ledger.load, self.ledgers, self.account, spec.name)
-        return Stream(self, spec, committed, live_start, plan, ledger, first_pages)
+        return Stream(self, spec, committed, live_start, plan, committed.first_run_at, ledger, first_pages)
 
     async def write_health(self) -> None:
         """Write one `healthevents` row per stream. A failure is logged, never raised: health rows are

@@ -37,11 +37,14 @@ log = logging.getLogger("opsentinel.pipeline")
 
 
 async def plan_first_run(
-    pipeline: Pipeline, spec: StreamSpec
+    pipeline: Pipeline, spec: StreamSpec, now: datetime
 ) -> tuple[datetime, BackfillPlan | None, dict[int, Page]]:
-    """(live_start, plan or None, first pages already fetched) for a stream with no checkpoint."""
-    now = pipeline.client.api_now()
+    """(live_start, plan or None, first pages already fetched) for a stream with no checkpoint whose
+    first run begins `now` (the API's clock). Without `pipeline.send_history`, history is not read:
+    the stream starts at `now`."""
     start = max(pipeline.first_start, pipeline.floor())
+    if not pipeline.send_history:
+        return max(start, now), None, {}
     live_start = max(start, now - pipeline.late_window)
     if not needs_plan(start, live_start, pipeline.backfill_workers):
         return start, None, {}  # the live chain reads everything

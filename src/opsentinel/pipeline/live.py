@@ -44,17 +44,17 @@ class LiveChain:
         self.p = pipeline
         self.stream = stream
         self.pager: CursorPager | None = None
-        self.newest: datetime | None = stream.committed.newest_event_time
 
     def restart_point(self) -> datetime:
-        """Where a rejected cursor restarts: the newest delivered time (never ahead of the API's
-        clock) minus the late window, and never before `live_start` (older events are history's).
-        With nothing delivered yet, the chain had read nothing: it starts over from its start."""
+        """Where a rejected cursor restarts: the late window before the chain last caught up (all
+        indexed before that moment was read; what arrives later late by up to the window is stamped
+        after this point), and never before `live_start` (older events are history's). A chain that
+        never caught up is still reading its start: it starts over from there."""
         start = self.stream.live_start or self.p.first_start
-        if self.newest is None:
+        caught_up = self.stream.committed.caught_up_at
+        if caught_up is None:
             return max(start, self.p.floor())
-        point = min(self.newest, self.p.client.api_now()) - self.p.late_window
-        return max(point, start, self.p.floor())
+        return max(caught_up - self.p.late_window, start, self.p.floor())
 
     def _reset_pager(self, start: datetime) -> CursorPager:
         return CursorPager.reset(max(start - PAD, self.p.floor()))
@@ -100,13 +100,14 @@ class LiveChain:
         sent_cursor = stream.committed.cursor
         owns = partial(operator.le, stream.live_start) if stream.live_start is not None else None
         while True:
+            asked_at = self.p.client.api_now()
             try:
                 page = await self.p.client.fetch_page(stream.spec, pager.next_request(), priority=True)
             except CursorRejected as exc:
                 restart = self.restart_point()
                 log.warning(
                     "stream=%s the API rejected the stored cursor (%s); reading again from %s (the late "
-                    "window before the newest delivered event); what was delivered is not sent again",
+                    "window before it last caught up); what was delivered is not sent again",
                     stream.name,
                     exc,
                     restart.isoformat(),
@@ -121,12 +122,11 @@ class LiveChain:
                 events, times = owned(page, owns)
             events, times, ignored = stream.without_known(events, times)
             page_newest = max(times) if times else None
-            self.newest = later(self.newest, page_newest)
             await queue.put(
                 Delivery(
                     events,
                     times,
-                    _live_update(page.cursor, page_newest),
+                    _live_update(page.cursor, page_newest, None if page.has_more else asked_at),
                     page.has_more,
                     changes_cursor=page.cursor != sent_cursor,
                     rejected=len(page.rejected),
@@ -191,9 +191,13 @@ class LiveChain:
         ledger.prune(horizon, keep_before)
 
 
-def _live_update(cursor: str, newest: datetime | None) -> Update:
+def _live_update(cursor: str, newest: datetime | None, caught_up: datetime | None) -> Update:
     def apply(cp: Checkpoint) -> Checkpoint:
-        return replace(cp, cursor=cursor, newest_event_time=later(cp.newest_event_time, newest))
+        return replace(
+            cp,
+            cursor=cursor,
+            newest_event_time=later(cp.newest_event_time, newest),
+            caught_up_at=later(cp.caught_up_at, caught_up),
+        )
 
     return apply
-

@@ -130,6 +130,7 @@ class Stream:
     committed: Checkpoint
     live_start: datetime | None
     plan: BackfillPlan | None = None
+    first_run_at: datetime | None = None
     ledger: Ledger | None = None
     first_pages: dict[int, Page] = field(default_factory=dict)  # a slice's page fetched while planning
     result: StreamResult = field(init=False)
@@ -204,6 +205,8 @@ class Stream:
             target = delivery.update(self.committed)
             if target.live_start is None and self.live_start is not None:
                 target = replace(target, live_start=self.live_start)
+            if target.first_run_at is None and self.first_run_at is not None:
+                target = replace(target, first_run_at=self.first_run_at)
             # A slice's progress enters the plan only with its own successful commit: the plan this
             # commit stores is computed here, and becomes the working plan once it is stored.
             planned = self.plan
@@ -251,7 +254,13 @@ class Stream:
             p.on_progress(self.name, self.result)
 
     def batch(self, delivery: Delivery) -> Batch:
-        return Batch(self.name, delivery.events, self.pipeline.clock(), times=delivery.times)
+        return Batch(
+            self.name,
+            delivery.events,
+            self.pipeline.clock(),
+            times=delivery.times,
+            boundary=self.first_run_at,
+        )
 
     def report_rejected(self, page: Page) -> None:
         if page.rejected:

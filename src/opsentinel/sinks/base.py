@@ -41,6 +41,8 @@ class Batch:
     batch in parts with the positions (in `events`) of each part the moment it is accepted (True) or
     dead-lettered (False), so the pipeline can record the acknowledgement before the whole batch is
     done; it may be called from the sink's threads and may raise (StoreError), which fails the write.
+    `boundary`, when given, is the stream's first-run boundary: a sink that keeps history apart (the
+    Sentinel sink's history stream) sends events stamped before it there.
     """
 
     log_source: str
@@ -49,6 +51,7 @@ class Batch:
     times: Sequence[datetime] | None = None
     prepared: Any = None
     on_resolved: Callable[[Sequence[int], bool], None] | None = None
+    boundary: datetime | None = None
 
 
 class Sink(Protocol):

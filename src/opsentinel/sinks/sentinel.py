@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,28 @@ def _names_destination(failure: Failure, stream: str, dcr_id: str) -> bool:
     return stream.lower() in text or dcr_id.lower() in text or any(w in text for w in _DESTINATION_WORDS)
 
 
-class _Outcome:
-    """What became of one batch's records so far; reports each resolved part as it happens."""
+@dataclass(frozen=True)
+class _Route:
+    """A DCR stream and the uploader that sends to it."""
 
-    def __init__(self, log_source: str, on_resolved: Callable[[Sequence[int], bool], None] | None) -> None:
+    stream: str
+    uploader: Uploader
+
+
+class _Outcome:
+    """What became of one batch's records on one route so far; reports each resolved part, by its
+    positions in the batch, as it happens."""
+
+    def __init__(
+        self,
+        log_source: str,
+        route: _Route,
+        positions: Sequence[int],
+        on_resolved: Callable[[Sequence[int], bool], None] | None,
+    ) -> None:
         self.log_source = log_source
+        self.route = route
+        self.positions = positions
         self._on_resolved = on_resolved
         self._lock = threading.Lock()
         self.accepted = 0
@@ -112,13 +130,13 @@ class _Outcome:
         with self._lock:
             self.accepted += len(chunk)
         if self._on_resolved is not None:
-            self._on_resolved([item.index for item in chunk.items], True)
+            self._on_resolved([self.positions[item.index] for item in chunk.items], True)
 
     def dead_lettered(self, indexes: Sequence[int]) -> None:
         with self._lock:
             self.refused += len(indexes)
         if self._on_resolved is not None:
-            self._on_resolved(indexes, False)
+            self._on_resolved([self.positions[i] for i in indexes], False)
 
 
 def _default_credential() -> TokenCredential:
@@ -161,6 +179,7 @@ class SentinelSink:
         timeout: float = 60.0,
         audience: str = DEFAULT_AUDIENCE,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        history_stream: str | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -177,18 +196,27 @@ class SentinelSink:
         self._dead_letters = DeadLetterFile(dead_letter_dir)
         self._owns_credential = credential is None
         self._credential = credential if credential is not None else _default_credential()
-        self._uploader = Uploader(
-            self.endpoint,
-            self.dcr_id,
-            self.stream_name,
-            self._credential,
-            scope=self._scope,
-            retry=retry,
-            sleep=sleep,
-            connection_verify=connection_verify,
-            timeout=timeout,
-            pool_size=max(max_concurrency, 4),
+        self.history_stream = validate_stream_name(history_stream) if history_stream else None
+
+        def uploader(stream: str) -> Uploader:
+            return Uploader(
+                self.endpoint,
+                self.dcr_id,
+                stream,
+                self._credential,
+                scope=self._scope,
+                retry=retry,
+                sleep=sleep,
+                connection_verify=connection_verify,
+                timeout=timeout,
+                pool_size=max(max_concurrency, 4),
+            )
+
+        self._main = _Route(self.stream_name, uploader(self.stream_name))
+        self._history = (
+            _Route(self.history_stream, uploader(self.history_stream)) if self.history_stream else None
         )
+        self._uploader = self._main.uploader
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="sentinel-upload")
         self._closed = False
         self._lock = threading.Lock()
@@ -217,8 +245,33 @@ class SentinelSink:
         self._ensure_open()
         if not batch.events:
             return Receipt(0)
+        parts = [(self._main, list(range(len(batch.events))))]
+        if self._history is not None and batch.boundary is not None and batch.times is not None:
+            boundary = batch.boundary
+            old = [i for i, t in enumerate(batch.times) if t < boundary]
+            if old:
+                new = [i for i, t in enumerate(batch.times) if not t < boundary]
+                parts = [(self._main, new), (self._history, old)]
+        outcomes = [
+            _Outcome(batch.log_source, route, positions, batch.on_resolved) for route, positions in parts
+        ]
+        futures: list[Future[None]] = []
+        for outcome in outcomes:
+            futures += self._submit(batch, outcome)
+        self._wait_all(futures)
+        log.debug(
+            "delivered %d %s record(s) in %d request(s)", len(batch.events), batch.log_source, len(futures)
+        )
+        return Receipt(sum(o.accepted for o in outcomes), dead_lettered=sum(o.refused for o in outcomes))
+
+    def _submit(self, batch: Batch, outcome: _Outcome) -> list[Future[None]]:
+        """Plan the outcome's records into requests, dead-letter those that cannot be sent, and start
+        the requests."""
+        if not outcome.positions:
+            return []
         plan = plan_chunks(
-            (to_dcr_record(batch.log_source, event) for event in batch.events), self._max_request_bytes
+            (to_dcr_record(batch.log_source, batch.events[i]) for i in outcome.positions),
+            self._max_request_bytes,
         )
         for uuid, fields in plan.truncated:
             log.warning(
@@ -227,16 +280,10 @@ class SentinelSink:
                 uuid or "(no uuid)",
                 ", ".join(fields),
             )
-        outcome = _Outcome(batch.log_source, batch.on_resolved)
         for oversized in plan.oversized:
-            self._dead_letter(batch.log_source, oversized.record, oversized.reason)
+            self._dead_letter(outcome, oversized.record, oversized.reason)
             outcome.dead_lettered([oversized.index])
-        futures = [self._pool.submit(self._deliver, chunk, outcome) for chunk in plan.chunks]
-        self._wait_all(futures)
-        log.debug(
-            "delivered %d %s record(s) in %d request(s)", len(batch.events), batch.log_source, len(futures)
-        )
-        return Receipt(outcome.accepted, dead_lettered=outcome.refused)
+        return [self._pool.submit(self._deliver, chunk, outcome) for chunk in plan.chunks]
 
     def check(self) -> str:
         """Get a token, then upload one `healthevents` record: proves endpoint, DCR id, stream, role.
@@ -248,23 +295,29 @@ class SentinelSink:
             self._credential.get_token(self._scope)
         except ClientAuthenticationError as exc:
             raise AuthError(credential_message(exc)) from exc
+        routes = [self._main] if self._history is None else [self._main, self._history]
+        for route in routes:
+            self._check_route(route)
+        streams = " and ".join(route.stream for route in routes)
+        return (
+            f"Azure Logs Ingestion {self.endpoint} accepted a health record for DCR {self.dcr_id}, "
+            f"stream {streams}"
+        )
+
+    def _check_route(self, route: _Route) -> None:
         record = _probe_record("check")
         try:
-            self._uploader.post(gzip_bytes(orjson.dumps([record])), records=1, fail_fast=True)
+            route.uploader.post(gzip_bytes(orjson.dumps([record])), records=1, fail_fast=True)
         except Refused as refused:
             raise ConfigError(
                 f"Azure refused op-sentinel's check record ({refused.failure.describe()}): stream "
-                f"{self.stream_name} of DCR {self.dcr_id} does not take op-sentinel's records; deploy "
+                f"{route.stream} of DCR {self.dcr_id} does not take op-sentinel's records; deploy "
                 "the DCR from `op-sentinel azure template`"
             ) from refused
         except RetriableError as exc:
             raise ConfigError(
                 f"the Logs Ingestion endpoint {self.endpoint} kept failing ({exc}); try again later"
             ) from exc
-        return (
-            f"Azure Logs Ingestion {self.endpoint} accepted a health record for DCR {self.dcr_id}, "
-            f"stream {self.stream_name}"
-        )
 
     def close(self) -> None:
         """Wait for in-flight requests, then release connections (and the credential we created)."""
@@ -273,7 +326,9 @@ class SentinelSink:
                 return
             self._closed = True
         self._pool.shutdown(wait=True)
-        self._uploader.close()
+        self._main.uploader.close()
+        if self._history is not None:
+            self._history.uploader.close()
         if self._owns_credential:
             close = getattr(self._credential, "close", None)
             if callable(close):
@@ -318,7 +373,7 @@ class SentinelSink:
                     self._settle(part, failure, outcome)
             return None
         try:
-            self._uploader.post(body, records=len(chunk))
+            outcome.route.uploader.post(body, records=len(chunk))
         except Refused as refused:
             return refused.failure
         outcome.accepted_part(chunk)
@@ -336,11 +391,12 @@ class SentinelSink:
         down to the quarters and a known-good health record is refused too; or when nothing of the
         chunk is accepted down to `_DEPTH` levels (or down to single records) at all. A lone record
         is dead-lettered only if a health record is accepted in its place."""
-        if _names_destination(failure, self.stream_name, self.dcr_id):
-            raise self._refuses_requests(failure)
+        route = outcome.route
+        if _names_destination(failure, route.stream, self.dcr_id):
+            raise self._refuses_requests(route, failure)
         if len(chunk) == 1:
-            if failure.status != 413 and not outcome.accepted and not self._takes_a_health_record():
-                raise self._refuses_requests(failure)
+            if failure.status != 413 and not outcome.accepted and not self._takes_a_health_record(route):
+                raise self._refuses_requests(route, failure)
             self._refused_record(chunk, failure, outcome)
             return
         log.info(
@@ -351,8 +407,8 @@ class SentinelSink:
         frontier = [(chunk, failure)]
         taken = False
         for level in range(_DEPTH):
-            if level == 2 and not self._takes_a_health_record():
-                raise self._refuses_requests(failure)
+            if level == 2 and not self._takes_a_health_record(route):
+                raise self._refuses_requests(route, failure)
             nxt: list[tuple[Chunk, Failure]] = []
             for part, part_failure in frontier:
                 if len(part) < 2:
@@ -368,7 +424,7 @@ class SentinelSink:
             if taken or all(len(part) == 1 for part, _ in frontier):
                 break
         if not taken and failure.status != 413:
-            raise self._refuses_requests(failure)
+            raise self._refuses_requests(route, failure)
         for part, part_failure in frontier:
             self._settle_record_level(part, part_failure, outcome)
 
@@ -384,29 +440,31 @@ class SentinelSink:
 
     def _refused_record(self, chunk: Chunk, failure: Failure, outcome: _Outcome) -> None:
         item = chunk.items[0]
-        self._dead_letter(outcome.log_source, item.record, f"Azure refused the record ({failure.describe()})")
+        self._dead_letter(outcome, item.record, f"Azure refused the record ({failure.describe()})")
         outcome.dead_lettered([item.index])
 
-    def _takes_a_health_record(self) -> bool:
-        """Whether Azure accepts a known-good record now (a `healthevents` probe row)."""
+    @staticmethod
+    def _takes_a_health_record(route: _Route) -> bool:
+        """Whether Azure accepts a known-good record on the route's stream now (a `healthevents` probe)."""
         try:
-            self._uploader.post(gzip_bytes(orjson.dumps([_probe_record("probe")])), records=1)
+            route.uploader.post(gzip_bytes(orjson.dumps([_probe_record("probe")])), records=1)
         except Refused:
             return False
         return True
 
-    def _refuses_requests(self, failure: Failure) -> ConfigError:
+    def _refuses_requests(self, route: _Route, failure: Failure) -> ConfigError:
         return ConfigError(
-            f"Azure refuses op-sentinel's uploads to stream {self.stream_name} of DCR {self.dcr_id} "
+            f"Azure refuses op-sentinel's uploads to stream {route.stream} of DCR {self.dcr_id} "
             f"({failure.describe()}): check that the DCR and its stream declaration come from "
             "`op-sentinel azure template`; nothing was dead-lettered and the checkpoint did not move"
         )
 
-    def _dead_letter(self, log_source: str, record: Mapping[str, Any], reason: str) -> None:
-        self._dead_letters.add(stream=log_source, reason=reason, record=record)
+    def _dead_letter(self, outcome: _Outcome, record: Mapping[str, Any], reason: str) -> None:
+        history = outcome.route is self._history
+        self._dead_letters.add(stream=outcome.log_source, reason=reason, record=record, history=history)
         log.error(
             "dead-lettered %s record %s into %s: %s",
-            log_source,
+            outcome.log_source,
             record.get("uuid") or "(no uuid)",
             self._dead_letters.path,
             reason,

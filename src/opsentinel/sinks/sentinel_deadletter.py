@@ -1,8 +1,10 @@
 """The dead-letter file: records Azure refused (or that cannot be sent), kept for a person to look at.
 
 One JSON object per line in `<dir>/dead-letter.jsonl`, created 0600 (records hold names and email
-addresses): `{"time", "stream", "reason", "record"}`. A line is flushed and fsynced before `add`
-returns, because the caller then treats the record as resolved and lets the checkpoint move past it.
+addresses): `{"time", "stream", "reason", "record"}`, plus `"history": true` for a record that was
+on its way to the history stream (so a resend sends it there again). A line is flushed and fsynced
+before `add` returns, because the caller then treats the record as resolved and lets the checkpoint
+move past it.
 
 `op-sentinel resend-dead-letters` takes lines out again once Azure accepts them (`remove`). Both
 sides hold an `flock` on the file while they touch it, and an appender checks that the file it
@@ -42,6 +44,7 @@ class DeadLetter:
     stream: str
     reason: str
     record: dict[str, Any]
+    history: bool = False
 
 
 class DeadLetterFile:
@@ -52,17 +55,17 @@ class DeadLetterFile:
         self.path = Path(directory) / DEAD_LETTER_FILE
         self._lock = threading.Lock()
 
-    def add(self, *, stream: str, reason: str, record: Mapping[str, Any]) -> None:
+    def add(self, *, stream: str, reason: str, record: Mapping[str, Any], history: bool = False) -> None:
         """Append one line durably; StoreError (one line) when the file cannot be written."""
-        line = orjson.dumps(
-            {
-                "time": format_rfc3339(datetime.now(UTC)),
-                "stream": stream,
-                "reason": reason,
-                "record": record,
-            },
-            default=str,
-        )
+        entry: dict[str, Any] = {
+            "time": format_rfc3339(datetime.now(UTC)),
+            "stream": stream,
+            "reason": reason,
+            "record": record,
+        }
+        if history:
+            entry["history"] = True
+        line = orjson.dumps(entry, default=str)
         with self._lock:
             try:
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

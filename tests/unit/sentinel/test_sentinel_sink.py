@@ -388,3 +388,29 @@ def test_logs_never_hold_tokens_or_record_contents(
     assert "x-ms-error-code=" in text
     emails = {e["target_user"]["email"] for e in evs}
     assert not any(email in text for email in emails)
+
+
+def test_events_before_the_boundary_go_to_the_history_stream(
+    make_sink: MakeSink, fake_ingestion: FakeLogsIngestion
+) -> None:
+    from tests.fakes.azure_ingestion import HISTORY_STREAM, STREAM
+
+    from opsentinel.timefmt import parse_rfc3339
+
+    evs = events("auditevents", 40)
+    times = [parse_rfc3339(e["timestamp"]) for e in evs]
+    boundary = sorted(times)[15]
+    resolved: list[int] = []
+    sink = make_sink(history_stream=HISTORY_STREAM)
+    receipt = sink.write(
+        Batch("auditevents", evs, datetime.now(UTC), times=times, boundary=boundary,
+              on_resolved=lambda idx, ok: resolved.extend(idx))
+    )  # fmt: skip
+    assert receipt.delivered == 40
+    assert sorted(resolved) == list(range(40)), "every position reported once, mapped back to the batch"
+    old = {e["uuid"] for e, t in zip(evs, times, strict=True) if t < boundary}
+    assert {r["uuid"] for r in fake_ingestion.records_of(HISTORY_STREAM)} == old
+    assert {r["uuid"] for r in fake_ingestion.records_of(STREAM)} == {e["uuid"] for e in evs} - old
+    # without a boundary (health rows, a stream with no first run recorded) everything is current
+    sink.write(Batch("auditevents", events("auditevents", 3, start=100), datetime.now(UTC)))
+    assert len(fake_ingestion.records_of(STREAM)) == 40 - len(old) + 3
