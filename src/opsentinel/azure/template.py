@@ -26,11 +26,16 @@ from __future__ import annotations
 from typing import Any, Final, Literal
 
 from opsentinel import __version__
-from opsentinel.schema import COLUMNS, DCR_INPUT_COLUMNS, DCR_STREAM_NAME, TABLE_NAME
+from opsentinel.schema import (
+    COLUMNS,
+    DCR_HISTORY_STREAM_NAME,
+    DCR_INPUT_COLUMNS,
+    DCR_STREAM_NAME,
+    HISTORY_TABLE_NAME,
+    TABLE_NAME,
+)
 
 __all__ = [
-    "HISTORY_STREAM_NAME",
-    "HISTORY_TABLE_NAME",
     "MONITORING_METRICS_PUBLISHER_ROLE",
     "OFFICIAL_LOG_SOURCE_GUESS",
     "build_template",
@@ -38,11 +43,6 @@ __all__ = [
     "table_columns",
     "transform_kql",
 ]
-
-# Where a unit's first run into Sentinel sends the events stamped before it started (the default of
-# op-sentinel's --history-stream): a table no analytic rule reads.
-HISTORY_TABLE_NAME: Final = "OnePasswordEventLogsHistory_CL"
-HISTORY_STREAM_NAME: Final = f"Custom-{HISTORY_TABLE_NAME}"
 
 DEPLOYMENT_SCHEMA: Final = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
 MONITORING_METRICS_PUBLISHER_ROLE: Final = "3913510d-42f4-4e42-8a64-420c390055eb"
@@ -231,8 +231,8 @@ def sentinel_variables() -> dict[str, Any]:
         # Microsoft-* streams for dataFlows[].streams, though the service takes Custom-* streams.
         "dataFlowStreams": [DCR_STREAM_NAME],
         "historyTableName": HISTORY_TABLE_NAME,
-        "historyStreamName": HISTORY_STREAM_NAME,
-        "historyFlowStreams": [HISTORY_STREAM_NAME],
+        "historyStreamName": DCR_HISTORY_STREAM_NAME,
+        "historyFlowStreams": [DCR_HISTORY_STREAM_NAME],
         # -1: as the main table (whose -1 in turn means the workspace's default).
         "historyTableRetentionInDays": (
             "[if(equals(parameters('historyTableRetentionInDays'), -1), "
@@ -333,7 +333,7 @@ def sentinel_resources() -> list[dict[str, Any]]:
             # Same declaration, same transform: a history row is exactly the row it would have been.
             "streamDeclarations": {
                 DCR_STREAM_NAME: {"columns": stream_columns()},
-                HISTORY_STREAM_NAME: {"columns": stream_columns()},
+                DCR_HISTORY_STREAM_NAME: {"columns": stream_columns()},
             },
             "destinations": {
                 "logAnalytics": [

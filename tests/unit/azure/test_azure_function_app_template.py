@@ -13,14 +13,9 @@ from opsentinel.azure import build_function_app_template, function_app_settings
 from opsentinel.config import SPECS, TOKEN_ENV
 from opsentinel.timefmt import parse_duration
 
-# Settings being added by the replicas, late-events and first-run-history work (interface.md lists them,
-# or will); known names here until they appear in config.SPECS.
-COMING_SETTINGS = {
-    "OP_SENTINEL_LATE_WINDOW",
-    "OP_SENTINEL_REPLICA_ID",
-    "OP_SENTINEL_SCHEDULE",
-    "OP_SENTINEL_HISTORY_STREAM",
-}
+# Settings being added by the replicas and late-events work (interface.md lists them); known names here
+# until they appear in config.SPECS.
+COMING_SETTINGS = {"OP_SENTINEL_LATE_WINDOW", "OP_SENTINEL_REPLICA_ID", "OP_SENTINEL_SCHEDULE"}
 # Settings of the Functions host, Application Insights and azure-identity (not op-sentinel's).
 PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__accountName",
