@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from opsentinel.config import Settings
 from opsentinel.destination import Destination, open_destination
-from opsentinel.errors import AuthError, OpSentinelError
+from opsentinel.errors import AuthError, OpSentinelError, StoreError
 from opsentinel.events import Introspection
 from opsentinel.pipeline import Pipeline, StreamResult
 from opsentinel.source.baseurl import base_url_from_token, validate_base_url
@@ -22,6 +22,7 @@ from opsentinel.source.client import EventsClient
 from opsentinel.source.ratelimit import RateLimiter
 from opsentinel.source.retry import STARTUP_RETRY, RetryPolicy
 from opsentinel.source.token import ApiToken
+from opsentinel.state import Checkpoint
 from opsentinel.streams import STREAMS, StreamSpec, get_stream
 from opsentinel.telemetry import Telemetry
 from opsentinel.timefmt import format_duration
@@ -167,13 +168,23 @@ class Connector:
         return connector
 
     async def first_runs(self) -> list[str]:
-        """The streams that have no checkpoint yet: their next run is a first run."""
-        fresh = []
+        """The streams that have no checkpoint yet: their next run is a first run. (A checkpoint that
+        cannot be read is not a first run: that stream reports the problem when it runs.)"""
+        stored = await self._checkpoints()
+        return [spec.name for spec in self.streams if spec.name not in stored]
+
+    async def _checkpoints(self) -> dict[str, Checkpoint | None]:
+        """stream -> its stored checkpoint; a stream whose checkpoint cannot be read maps to None."""
+        out: dict[str, Checkpoint | None] = {}
         for spec in self.streams:
-            cp = await asyncio.to_thread(self.destination.store.read, self.account, spec.name)
-            if cp is None:
-                fresh.append(spec.name)
-        return fresh
+            try:
+                cp = await asyncio.to_thread(self.destination.store.read, self.account, spec.name)
+            except StoreError:
+                out[spec.name] = None
+                continue
+            if cp is not None:
+                out[spec.name] = cp
+        return out
 
     def first_run_plan(self) -> str:
         """One line: what a first run will read and where it will send it."""
@@ -203,11 +214,9 @@ class Connector:
             )
         if not self.settings.start_was_given:
             return
-        resumed = []
-        for spec in self.streams:
-            cp = await asyncio.to_thread(self.destination.store.read, self.account, spec.name)
-            if cp is not None and (cp.cursor or cp.backfill):
-                resumed.append(spec.name)
+        resumed = [
+            name for name, cp in (await self._checkpoints()).items() if cp is None or cp.cursor or cp.backfill
+        ]
         if resumed:
             log.warning(
                 "--since/--lookback not used for %s: continuing from the stored checkpoint "

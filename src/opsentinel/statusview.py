@@ -157,6 +157,6 @@ def print_status(settings: Settings, output_format: str) -> None:
             _age(v.last_success, now),
             error,
         )
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(170, Console().width)).print(table)
     accounts = sorted({v.account for v in views})
     print(f"account{'s' if len(accounts) > 1 else ''}: {', '.join(accounts)}")
