@@ -379,7 +379,12 @@ def _register_subcommands() -> None:
     except ImportError:  # pragma: no cover
         pass
     else:
-        app.add_typer(azure_app, name="azure", help="The Azure side: ARM template for table, DCE and DCR.")
+        app.add_typer(
+            azure_app,
+            name="azure",
+            help="The Azure side: ARM templates for the Sentinel tables, DCE and DCR, or (--function-app) "
+            "the whole connector on Azure Functions.",
+        )
 
 
 _register_subcommands()

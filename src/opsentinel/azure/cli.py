@@ -19,7 +19,8 @@ __all__ = ["azure_app", "template_json"]
 
 azure_app = typer.Typer(
     name="azure",
-    help="The Azure side of the Sentinel sink (table, data collection endpoint and rule).",
+    help="The Azure side of the Sentinel sink: ARM templates for the tables, DCE and DCR, or for the "
+    "whole connector on Azure Functions (--function-app).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -27,7 +28,7 @@ azure_app = typer.Typer(
 
 @azure_app.callback()
 def azure() -> None:
-    """The Azure side of the Sentinel sink (table, data collection endpoint and rule)."""
+    """The Azure side of the Sentinel sink: ARM templates (tables, DCE, DCR; or the Functions app)."""
 
 
 def template_json(*, function_app: bool = False) -> str:
@@ -52,7 +53,8 @@ def template(
         ),
     ] = False,
 ) -> None:
-    """Print the ARM template: table OnePasswordEventLogs_CL, DCE, DCR with transform, optional role.
+    """Print the ARM template: tables OnePasswordEventLogs_CL and OnePasswordEventLogsHistory_CL, DCE,
+    DCR with transform, optional role; with --function-app, the whole connector on Azure Functions.
 
     Deploy it with `az deployment group create --resource-group RG --template-file FILE
     --parameters workspaceName=WS`; its outputs are the values for --dce, --dcr-id and --stream.

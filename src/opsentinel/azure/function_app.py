@@ -1,6 +1,6 @@
 """`op-sentinel azure template --function-app`: everything a running connector needs, in one template.
 
-Around the table, DCE and DCR of the plain template it adds:
+Around the tables, DCE and DCR of the plain template it adds:
 
 - a user-assigned managed identity: its roles exist before the app starts (no window where the host
   or a Key Vault reference runs without access), and it survives the app being recreated;
@@ -91,6 +91,7 @@ def function_app_settings() -> dict[str, str]:
         ),
         "OP_SENTINEL_DCR_ID": f"[reference(variables('dataCollectionRuleId'), '{DCR_API}').immutableId]",
         "OP_SENTINEL_STREAM": "[variables('streamName')]",
+        "OP_SENTINEL_HISTORY_STREAM": "[variables('historyStreamName')]",
         "OP_SENTINEL_STATE": "[variables('stateUrl')]",
         "OP_SENTINEL_TOKEN": "[format('@Microsoft.KeyVault(SecretUri={0})', variables('tokenSecretUri'))]",
         "OP_SENTINEL_BASE_URL": "[parameters('onePasswordBaseUrl')]",
@@ -507,10 +508,10 @@ def _outputs() -> dict[str, Any]:
 def build_function_app_template() -> dict[str, Any]:
     """The `--function-app` ARM template (resource-group scope) as a JSON-ready dict."""
     return template_document(
-        "op-sentinel on Azure Functions (Flex Consumption): the OnePasswordEventLogs_CL table, data "
-        "collection endpoint and rule, a function app with a user-assigned managed identity, its storage "
-        "(no shared keys) and Application Insights, a Key Vault holding the 1Password token, and every "
-        "role assignment they need.",
+        "op-sentinel on Azure Functions (Flex Consumption): the OnePasswordEventLogs_CL table (and "
+        "OnePasswordEventLogsHistory_CL for a first run's history), data collection endpoint and rule, a "
+        "function app with a user-assigned managed identity, its storage (no shared keys) and Application "
+        "Insights, a Key Vault holding the 1Password token, and every role assignment they need.",
         _parameters(),
         _variables(),
         _resources(),

@@ -11,7 +11,11 @@ connector sends. Compared with Microsoft's 1Password solution (`1Password_tables
 - the transform is the official one, except that `log_source` is taken from the record when present
   and only otherwise guessed the official way (the guess labels audit events carrying `aux_id` as
   itemusages), and `TimeGenerated` may be the event time (parameter `timeGenerated` = "event");
-- outputs are exactly what `op-sentinel --dce --dcr-id --stream` need.
+- a second table `OnePasswordEventLogsHistory_CL` (same columns) and a second stream
+  `Custom-OnePasswordEventLogsHistory_CL` (same declaration, same transform) take a first run's
+  history: events stamped before the unit's first run started, which the solution's rules must not
+  see as new (docs/deploy-sentinel.md, "History and the analytic rules"); no rule reads that table;
+- outputs are exactly what `op-sentinel --dce --dcr-id --stream --history-stream` need.
 
 The pieces (parameters, variables, resources) are shared with the `--function-app` template in
 `opsentinel.azure.function_app`, which adds the Functions host around them.
@@ -22,7 +26,14 @@ from __future__ import annotations
 from typing import Any, Final, Literal
 
 from opsentinel import __version__
-from opsentinel.schema import COLUMNS, DCR_INPUT_COLUMNS, DCR_STREAM_NAME, TABLE_NAME
+from opsentinel.schema import (
+    COLUMNS,
+    DCR_HISTORY_STREAM_NAME,
+    DCR_INPUT_COLUMNS,
+    DCR_STREAM_NAME,
+    HISTORY_TABLE_NAME,
+    TABLE_NAME,
+)
 
 __all__ = [
     "MONITORING_METRICS_PUBLISHER_ROLE",
@@ -46,6 +57,10 @@ _NEW_DCE_ID: Final = (
 TABLE_ID: Final = (
     "[resourceId('Microsoft.OperationalInsights/workspaces/tables', parameters('workspaceName'), "
     "variables('tableName'))]"
+)
+HISTORY_TABLE_ID: Final = (
+    "[resourceId('Microsoft.OperationalInsights/workspaces/tables', parameters('workspaceName'), "
+    "variables('historyTableName'))]"
 )
 DCR_ID: Final = "[variables('dataCollectionRuleId')]"
 DCE_DEPENDENCY: Final = f"[{_NEW_DCE_ID}]"
@@ -129,7 +144,8 @@ def sentinel_parameters() -> dict[str, Any]:
         "workspaceName": param(
             "string",
             "Name of the Log Analytics workspace that has Microsoft Sentinel; it must be in the resource "
-            "group you deploy to. The table OnePasswordEventLogs_CL is created (or updated) in it.",
+            "group you deploy to. The tables OnePasswordEventLogs_CL and OnePasswordEventLogsHistory_CL "
+            "are created (or updated) in it.",
         ),
         "location": param(
             "string",
@@ -164,6 +180,13 @@ def sentinel_parameters() -> dict[str, Any]:
             "and its retention or plan must not be touched: the template then leaves it alone.",
             defaultValue=True,
         ),
+        "deployHistoryTable": param(
+            "bool",
+            "Create or update the table OnePasswordEventLogsHistory_CL (a first run's history; no analytic "
+            "rule reads it). Set false only when it already exists and its retention must not be "
+            "touched: the data collection rule cannot be deployed without it.",
+            defaultValue=True,
+        ),
         "tableRetentionInDays": param(
             "int",
             "Interactive retention of the table in days (4-730); -1 (the default) follows the workspace. "
@@ -180,6 +203,22 @@ def sentinel_parameters() -> dict[str, Any]:
             minValue=-1,
             maxValue=4383,
         ),
+        "historyTableRetentionInDays": param(
+            "int",
+            "Interactive retention of OnePasswordEventLogsHistory_CL in days (4-730); -1 (the default): "
+            "as tableRetentionInDays. Applied on every deployment with deployHistoryTable=true.",
+            defaultValue=-1,
+            minValue=-1,
+            maxValue=730,
+        ),
+        "historyTableTotalRetentionInDays": param(
+            "int",
+            "Total retention of OnePasswordEventLogsHistory_CL in days (4-4383); -1 (the default): as "
+            "tableTotalRetentionInDays. Applied on every deployment with deployHistoryTable=true.",
+            defaultValue=-1,
+            minValue=-1,
+            maxValue=4383,
+        ),
     }
 
 
@@ -191,6 +230,18 @@ def sentinel_variables() -> dict[str, Any]:
         # An expression, not a literal list: Microsoft's published schema enumerates only the
         # Microsoft-* streams for dataFlows[].streams, though the service takes Custom-* streams.
         "dataFlowStreams": [DCR_STREAM_NAME],
+        "historyTableName": HISTORY_TABLE_NAME,
+        "historyStreamName": DCR_HISTORY_STREAM_NAME,
+        "historyFlowStreams": [DCR_HISTORY_STREAM_NAME],
+        # -1: as the main table (whose -1 in turn means the workspace's default).
+        "historyTableRetentionInDays": (
+            "[if(equals(parameters('historyTableRetentionInDays'), -1), "
+            "parameters('tableRetentionInDays'), parameters('historyTableRetentionInDays'))]"
+        ),
+        "historyTableTotalRetentionInDays": (
+            "[if(equals(parameters('historyTableTotalRetentionInDays'), -1), "
+            "parameters('tableTotalRetentionInDays'), parameters('historyTableTotalRetentionInDays'))]"
+        ),
         "workspaceResourceId": (
             "[resourceId('Microsoft.OperationalInsights/workspaces', parameters('workspaceName'))]"
         ),
@@ -209,21 +260,52 @@ def sentinel_variables() -> dict[str, Any]:
     }
 
 
-def sentinel_resources() -> list[dict[str, Any]]:
-    """The table, the DCE and the DCR."""
-    table = {
-        "condition": "[parameters('deployTable')]",
+def _table(name: str, name_variable: str, deploy: str, retention: str, total: str) -> dict[str, Any]:
+    return {
+        "condition": deploy,
         "type": "Microsoft.OperationalInsights/workspaces/tables",
         "apiVersion": TABLE_API,
-        "name": "[format('{0}/{1}', parameters('workspaceName'), variables('tableName'))]",
+        "name": f"[format('{{0}}/{{1}}', parameters('workspaceName'), variables('{name_variable}'))]",
         "properties": {
-            # Scheduled analytics rules query only Analytics tables.
+            # Scheduled analytics rules query only Analytics tables; the history table is Analytics
+            # too, so that investigations can union it with the main table.
             "plan": "Analytics",
-            "retentionInDays": "[parameters('tableRetentionInDays')]",
-            "totalRetentionInDays": "[parameters('tableTotalRetentionInDays')]",
-            "schema": {"name": TABLE_NAME, "columns": table_columns()},
+            "retentionInDays": retention,
+            "totalRetentionInDays": total,
+            "schema": {"name": name, "columns": table_columns()},
         },
     }
+
+
+def _data_flow(streams_variable: str, output_stream: str) -> dict[str, Any]:
+    return {
+        # An expression: see `dataFlowStreams` in sentinel_variables().
+        "streams": f"[variables('{streams_variable}')]",
+        "destinations": [_DESTINATION],
+        "transformKql": (
+            "[if(equals(parameters('timeGenerated'), 'event'), "
+            "variables('transformEventTime'), variables('transformIngestionTime'))]"
+        ),
+        "outputStream": output_stream,
+    }
+
+
+def sentinel_resources() -> list[dict[str, Any]]:
+    """The two tables, the DCE and the DCR."""
+    table = _table(
+        TABLE_NAME,
+        "tableName",
+        "[parameters('deployTable')]",
+        "[parameters('tableRetentionInDays')]",
+        "[parameters('tableTotalRetentionInDays')]",
+    )
+    history_table = _table(
+        HISTORY_TABLE_NAME,
+        "historyTableName",
+        "[parameters('deployHistoryTable')]",
+        "[variables('historyTableRetentionInDays')]",
+        "[variables('historyTableTotalRetentionInDays')]",
+    )
     endpoint = {
         "condition": "[variables('createDataCollectionEndpoint')]",
         "type": "Microsoft.Insights/dataCollectionEndpoints",
@@ -241,30 +323,30 @@ def sentinel_resources() -> list[dict[str, Any]]:
         "name": "[parameters('dataCollectionRuleName')]",
         "location": LOCATION,
         # A dependency on a resource whose condition is false is dropped by ARM.
-        "dependsOn": [TABLE_ID, DCE_DEPENDENCY],
+        "dependsOn": [TABLE_ID, HISTORY_TABLE_ID, DCE_DEPENDENCY],
         "properties": {
-            "description": "1Password Events API records from op-sentinel into OnePasswordEventLogs_CL",
+            "description": (
+                "1Password Events API records from op-sentinel into OnePasswordEventLogs_CL, and a first "
+                "run's history into OnePasswordEventLogsHistory_CL"
+            ),
             "dataCollectionEndpointId": "[variables('dataCollectionEndpointId')]",
-            "streamDeclarations": {DCR_STREAM_NAME: {"columns": stream_columns()}},
+            # Same declaration, same transform: a history row is exactly the row it would have been.
+            "streamDeclarations": {
+                DCR_STREAM_NAME: {"columns": stream_columns()},
+                DCR_HISTORY_STREAM_NAME: {"columns": stream_columns()},
+            },
             "destinations": {
                 "logAnalytics": [
                     {"workspaceResourceId": "[variables('workspaceResourceId')]", "name": _DESTINATION}
                 ]
             },
             "dataFlows": [
-                {
-                    "streams": "[variables('dataFlowStreams')]",
-                    "destinations": [_DESTINATION],
-                    "transformKql": (
-                        "[if(equals(parameters('timeGenerated'), 'event'), "
-                        "variables('transformEventTime'), variables('transformIngestionTime'))]"
-                    ),
-                    "outputStream": f"Custom-{TABLE_NAME}",
-                }
+                _data_flow("dataFlowStreams", f"Custom-{TABLE_NAME}"),
+                _data_flow("historyFlowStreams", f"Custom-{HISTORY_TABLE_NAME}"),
             ],
         },
     }
-    return [table, endpoint, rule]
+    return [table, history_table, endpoint, rule]
 
 
 def role_assignment(
@@ -308,7 +390,7 @@ def role_assignment(
 
 
 def sentinel_outputs() -> dict[str, Any]:
-    """What `op-sentinel --dce --dcr-id --stream` need."""
+    """What `op-sentinel --dce --dcr-id --stream --history-stream` need."""
     endpoint = f"reference(variables('dataCollectionEndpointId'), '{DCR_API}').logsIngestion.endpoint"
     immutable_id = f"reference(variables('dataCollectionRuleId'), '{DCR_API}').immutableId"
     return {
@@ -316,6 +398,7 @@ def sentinel_outputs() -> dict[str, Any]:
         "dataCollectionRuleImmutableId": {"type": "string", "value": f"[{immutable_id}]"},
         "dataCollectionRuleId": {"type": "string", "value": "[variables('dataCollectionRuleId')]"},
         "streamName": {"type": "string", "value": "[variables('streamName')]"},
+        "historyStreamName": {"type": "string", "value": "[variables('historyStreamName')]"},
         "opSentinelArguments": {
             "type": "string",
             "value": (
@@ -376,9 +459,10 @@ def build_template() -> dict[str, Any]:
         description="op-sentinel: upload 1Password events through this data collection rule",
     )
     return template_document(
-        "op-sentinel: the OnePasswordEventLogs_CL table, a data collection endpoint and a data "
-        "collection rule for 1Password Events API records, and optionally the Monitoring Metrics "
-        "Publisher role for the identity op-sentinel runs as.",
+        "op-sentinel: the OnePasswordEventLogs_CL table (and OnePasswordEventLogsHistory_CL for a first "
+        "run's history), a data collection endpoint and a data collection rule for 1Password Events API "
+        "records, and optionally the Monitoring Metrics Publisher role for the identity op-sentinel runs "
+        "as.",
         parameters,
         sentinel_variables(),
         [*sentinel_resources(), role],

@@ -59,6 +59,7 @@ def test_every_op_sentinel_app_setting_is_a_real_setting_name() -> None:
         "OP_SENTINEL_DCE",
         "OP_SENTINEL_DCR_ID",
         "OP_SENTINEL_STREAM",
+        "OP_SENTINEL_HISTORY_STREAM",
         "OP_SENTINEL_STATE",
         "OP_SENTINEL_TOKEN",
         "OP_SENTINEL_BASE_URL",
@@ -94,6 +95,10 @@ def test_settings_as_deployed_are_values_op_sentinel_accepts() -> None:
     settings = deployed_settings(storageAccountName="opsentstate01", stateContainerName="checkpoints")
     assert settings["OP_SENTINEL_SINK"] == "sentinel"
     assert settings["OP_SENTINEL_STREAM"] == "Custom-OnePasswordEventLogs_CL"
+    # A first run's history goes to the stream this template's DCR declares for it.
+    assert settings["OP_SENTINEL_HISTORY_STREAM"] == "Custom-OnePasswordEventLogsHistory_CL"
+    (rule,) = resources(build_function_app_template(), "Microsoft.Insights/dataCollectionRules")
+    assert settings["OP_SENTINEL_HISTORY_STREAM"] in rule["properties"]["streamDeclarations"]
     assert settings["OP_SENTINEL_DCR_ID"] == "dcr-" + "0" * 32
     assert settings["OP_SENTINEL_DCE"].startswith("https://")
     # interface.md "Blob state": https://ACCOUNT.blob.core.windows.net/CONTAINER
@@ -196,6 +201,7 @@ def test_outputs_name_what_the_next_steps_need() -> None:
         "dataCollectionRuleImmutableId",
         "dataCollectionRuleId",
         "streamName",
+        "historyStreamName",
         "functionAppName",
         "identityPrincipalId",
         "identityClientId",

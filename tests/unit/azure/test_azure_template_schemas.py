@@ -94,6 +94,13 @@ def _resource(template: dict[str, Any], type_: str) -> dict[str, Any]:
             ),
             "is not one of ['Microsoft-Event'",
         ),
+        (
+            ("--function-app",),
+            lambda t: _set(
+                ["properties", "dataFlows", 1, "streams"], ["Custom-OnePasswordEventLogsHistory_CL"]
+            )(_resource(t, "Microsoft.Insights/dataCollectionRules")),
+            "is not one of ['Microsoft-Event'",
+        ),
         # Microsoft's own table spells the type 'datetime'; the tables schema enumerates 'dateTime'.
         (
             (),

@@ -1,17 +1,20 @@
 """Both DCR transforms, run by a small KQL evaluator over sample events: what lands in the table.
 
 Shows that our template's transform keeps the stream each record came from, that Microsoft's guesses
-wrong for audit events carrying aux_id, and that a row Azure would store equals `transform.to_row`.
+wrong for audit events carrying aux_id, that a row Azure would store equals `transform.to_row`, and that
+the DCR's history flow stores exactly the row its main flow would.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
+from tests.unit.azure.arm_expressions import Context
 from tests.unit.sentinel.kql_eval import KqlError, compile_transform, evaluate
 from tests.unit.sentinel.reference import (
     official_stream_columns,
@@ -28,6 +31,7 @@ from tests.unit.sentinel.samples import (
     signin_msp,
 )
 
+from opsentinel.azure import build_function_app_template, build_template
 from opsentinel.azure.template import stream_columns, table_columns, transform_kql
 from opsentinel.schema import COLUMNS
 from opsentinel.transform import to_dcr_record, to_row
@@ -141,3 +145,48 @@ def test_event_time_mode_uses_the_event_timestamp() -> None:
     row = ours("signinattempts", signin_msp(), "event")
     assert row["TimeGenerated"] == datetime(2024, 3, 1, 1, 3, 6, 92123, tzinfo=UTC) == row["timestamp"]
     assert ours("signinattempts", signin_msp())["TimeGenerated"] == NOW
+
+
+def _flow_rows(
+    template: dict[str, Any], time_generated: str, cases: list[tuple[str, dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every case through each of the DCR's dataFlows as deployed: the flow's transform, its stream's
+    declaration, its output table's columns (all three read from the template)."""
+    ctx = Context(template, {"workspaceName": "ws", "timeGenerated": time_generated})
+    (rule,) = [r for r in template["resources"] if r["type"] == "Microsoft.Insights/dataCollectionRules"]
+    tables = {
+        f"Custom-{r['properties']['schema']['name']}": r["properties"]["schema"]["columns"]
+        for r in template["resources"]
+        if r["type"] == "Microsoft.OperationalInsights/workspaces/tables"
+    }
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for flow in rule["properties"]["dataFlows"]:
+        (stream,) = ctx.value(flow["streams"])
+        rows[flow["outputStream"]] = [
+            evaluate(
+                ctx.value(flow["transformKql"]),
+                uploaded(source, event),
+                stream_columns=rule["properties"]["streamDeclarations"][stream]["columns"],
+                table_columns=tables[flow["outputStream"]],
+                now=NOW,
+            )
+            for source, event in cases
+        ]
+    return rows
+
+
+@pytest.mark.parametrize("time_generated", ["ingestion", "event"])
+@pytest.mark.parametrize(
+    "build", [build_template, build_function_app_template], ids=["plain", "function-app"]
+)
+def test_a_history_row_is_the_row_the_rules_table_would_have_stored(
+    build: Callable[[], dict[str, Any]], time_generated: str
+) -> None:
+    # The first-run history goes to its own stream and table; nothing of the row may differ for it.
+    cases = samples()  # once: the samples' timestamps follow the clock
+    rows = _flow_rows(build(), time_generated, cases)
+    assert set(rows) == {"Custom-OnePasswordEventLogs_CL", "Custom-OnePasswordEventLogsHistory_CL"}
+    main, history = rows["Custom-OnePasswordEventLogs_CL"], rows["Custom-OnePasswordEventLogsHistory_CL"]
+    assert len(main) == len(cases) and all(len(row) == len(COLUMNS) for row in main)
+    assert history == main
+    assert main == [ours(stream, event, time_generated) for stream, event in cases]

@@ -1,4 +1,9 @@
-"""The ARM template: well-formed, and matching Microsoft's 1Password table and DCR where it should."""
+"""The ARM template: well-formed, and matching Microsoft's 1Password table and DCR where it should.
+
+Both tables (the rules' OnePasswordEventLogs_CL and the first-run history table) are the official table,
+and the DCR's two streams are one declaration and one transform, so a row is the same whichever of the
+two a record was sent to.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+from tests.unit.azure.arm_expressions import Context, resource_id
 from tests.unit.sentinel.reference import official_stream_columns, official_table_columns, official_transform
 from typer.testing import CliRunner
 
@@ -30,6 +37,20 @@ def strings(node: Any) -> list[str]:
 def resource(template: dict[str, Any], type_: str) -> dict[str, Any]:
     (found,) = [r for r in template["resources"] if r["type"] == type_]
     return found
+
+
+def tables(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The table resources by table name."""
+    found = [
+        r for r in template["resources"] if r["type"] == "Microsoft.OperationalInsights/workspaces/tables"
+    ]
+    return {r["properties"]["schema"]["name"]: r for r in found}
+
+
+def flows(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The DCR's dataFlows by output stream."""
+    rule = resource(template, "Microsoft.Insights/dataCollectionRules")
+    return {f["outputStream"]: f for f in rule["properties"]["dataFlows"]}
 
 
 def test_template_is_well_formed_arm() -> None:
@@ -65,11 +86,14 @@ def test_every_referenced_parameter_and_variable_is_declared_and_every_parameter
     assert set(template["parameters"]) <= used_params
 
 
-def test_the_table_is_exactly_the_official_table() -> None:
-    table = resource(build_template(), "Microsoft.OperationalInsights/workspaces/tables")
-    assert table["properties"]["schema"]["name"] == "OnePasswordEventLogs_CL"
+@pytest.mark.parametrize("name", ["OnePasswordEventLogs_CL", "OnePasswordEventLogsHistory_CL"])
+def test_both_tables_are_exactly_the_official_table(name: str) -> None:
+    template = build_template()
+    table = tables(template)[name]
+    assert Context(template, {"workspaceName": "ws"}).value(table["name"]) == f"ws/{name}"
     # Same names, order and types; the type spelled as the tables API does (dateTime for datetime).
     ours = [(c["name"], c["type"].lower()) for c in table["properties"]["schema"]["columns"]]
+    assert len(ours) == 33
     assert ours == [(c["name"], c["type"].lower()) for c in official_table_columns()]
     assert {c["type"] for c in table["properties"]["schema"]["columns"]} == {
         "string",
@@ -77,19 +101,77 @@ def test_the_table_is_exactly_the_official_table() -> None:
         "dynamic",
         "int",
     }
+    assert table["properties"]["plan"] == "Analytics"  # a union with the rules' table in one query
+
+
+def test_each_table_is_deployed_by_its_own_switch_and_history_retention_follows_the_main_table() -> None:
+    template = build_template()
+    main, history = (
+        tables(template)[n] for n in ("OnePasswordEventLogs_CL", "OnePasswordEventLogsHistory_CL")
+    )
+    assert main["condition"] == "[parameters('deployTable')]"
+    # deployTable=false protects an existing main table (Microsoft's); the DCR still needs the history one.
+    assert history["condition"] == "[parameters('deployHistoryTable')]"
+    assert template["parameters"]["deployHistoryTable"]["defaultValue"] is True
+
+    def retention(table: dict[str, Any], **parameters: Any) -> tuple[Any, Any]:
+        ctx = Context(template, {"workspaceName": "ws", **parameters})
+        props = table["properties"]
+        return ctx.value(props["retentionInDays"]), ctx.value(props["totalRetentionInDays"])
+
+    assert retention(history) == (-1, -1)  # the workspace's default, as the main table
+    main_set = {"tableRetentionInDays": 90, "tableTotalRetentionInDays": 730}
+    assert retention(main, **main_set) == retention(history, **main_set) == (90, 730)
+    own = {**main_set, "historyTableRetentionInDays": 30, "historyTableTotalRetentionInDays": 365}
+    assert retention(history, **own) == (30, 365)
+    assert retention(main, **own) == (90, 730)
+
+
+def test_the_dcr_depends_on_both_tables() -> None:
+    template = build_template()
+    ctx = Context(template, {"workspaceName": "ws"})
+    rule = resource(template, "Microsoft.Insights/dataCollectionRules")
+    depends = {ctx.value(d) for d in rule["dependsOn"]}
+    for table in tables(template).values():
+        assert resource_id(table, ctx) in depends
 
 
 def test_the_stream_declares_the_official_columns_plus_log_source() -> None:
     rule = resource(build_template(), "Microsoft.Insights/dataCollectionRules")
-    columns = rule["properties"]["streamDeclarations"]["Custom-OnePasswordEventLogs_CL"]["columns"]
-    assert columns == [*official_stream_columns(), {"name": "log_source", "type": "string"}]
-    (flow,) = rule["properties"]["dataFlows"]
-    assert flow["streams"] == "[variables('dataFlowStreams')]"
-    assert build_template()["variables"]["dataFlowStreams"] == ["Custom-OnePasswordEventLogs_CL"]
-    assert flow["outputStream"] == "Custom-OnePasswordEventLogs_CL"
-    (destination,) = rule["properties"]["destinations"]["logAnalytics"]
-    assert flow["destinations"] == [destination["name"]]
+    declarations = rule["properties"]["streamDeclarations"]
+    assert set(declarations) == {"Custom-OnePasswordEventLogs_CL", "Custom-OnePasswordEventLogsHistory_CL"}
+    for declaration in declarations.values():
+        assert declaration["columns"] == [
+            *official_stream_columns(),
+            {"name": "log_source", "type": "string"},
+        ]
     assert rule["properties"]["dataCollectionEndpointId"] == "[variables('dataCollectionEndpointId')]"
+
+
+def test_two_flows_each_stream_to_its_own_table_through_the_same_transform() -> None:
+    template = build_template()
+    ctx = Context(template, {"workspaceName": "ws"})
+    by_output = flows(template)
+    assert set(by_output) == {"Custom-OnePasswordEventLogs_CL", "Custom-OnePasswordEventLogsHistory_CL"}
+    (destination,) = resource(template, "Microsoft.Insights/dataCollectionRules")["properties"][
+        "destinations"
+    ]["logAnalytics"]
+    for output, flow in by_output.items():
+        # Each stream flows to the table of the same name; never the history stream to the rules' table.
+        assert ctx.value(flow["streams"]) == [output]
+        assert flow["destinations"] == [destination["name"]]
+    main, history = (
+        by_output["Custom-OnePasswordEventLogs_CL"],
+        by_output["Custom-OnePasswordEventLogsHistory_CL"],
+    )
+    assert main["transformKql"] == history["transformKql"]
+    for time_generated in ("ingestion", "event"):
+        both = Context(template, {"workspaceName": "ws", "timeGenerated": time_generated})
+        assert (
+            both.value(main["transformKql"])
+            == both.value(history["transformKql"])
+            == transform_kql(time_generated)
+        )
 
 
 def test_the_transform_is_the_official_one_keeping_the_records_log_source() -> None:
@@ -107,9 +189,9 @@ def test_the_transform_is_the_official_one_keeping_the_records_log_source() -> N
     variables = template["variables"]
     assert variables["transformIngestionTime"] == transform_kql("ingestion")
     assert variables["transformEventTime"] == transform_kql("event")
-    flow = resource(template, "Microsoft.Insights/dataCollectionRules")["properties"]["dataFlows"][0]
-    assert "variables('transformEventTime')" in flow["transformKql"]
-    assert "variables('transformIngestionTime')" in flow["transformKql"]
+    for flow in flows(template).values():
+        assert "variables('transformEventTime')" in flow["transformKql"]
+        assert "variables('transformIngestionTime')" in flow["transformKql"]
     assert template["parameters"]["timeGenerated"]["defaultValue"] == "ingestion"
 
 
@@ -119,6 +201,9 @@ def test_outputs_are_what_op_sentinel_needs() -> None:
     assert ".immutableId" in outputs["dataCollectionRuleImmutableId"]["value"]
     assert outputs["streamName"]["value"] == "[variables('streamName')]"
     assert build_template()["variables"]["streamName"] == "Custom-OnePasswordEventLogs_CL"
+    # The default of --history-stream; the docs tell Microsoft-DCR users to set it empty instead.
+    assert outputs["historyStreamName"]["value"] == "[variables('historyStreamName')]"
+    assert build_template()["variables"]["historyStreamName"] == "Custom-OnePasswordEventLogsHistory_CL"
     assert "--dce {0} --dcr-id {1} --stream {2}" in outputs["opSentinelArguments"]["value"]
 
 
