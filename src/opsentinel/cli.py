@@ -304,6 +304,7 @@ def status(
 @app.command("resend-dead-letters")
 def resend_dead_letters(
     config: ConfigOpt = None,
+    sink: SinkOpt = None,
     dce: DceOpt = None,
     dcr_id: DcrIdOpt = None,
     stream: DcrStreamOpt = None,
@@ -318,6 +319,8 @@ def resend_dead_letters(
     """
     from opsentinel.commands import run_resend
 
+    if sink not in (None, "sentinel"):
+        raise UserError(f"resend-dead-letters sends to Sentinel; --sink {sink} has no dead letters")
     settings = _settings(
         config,
         sink="sentinel",

@@ -209,7 +209,7 @@ class Connector:
                 "first run of %s into Sentinel: no history is sent (--history-stream none), because the "
                 "1Password analytic rules would alert on all of it as new; load it into the history table "
                 "(deploy the DCR from `op-sentinel azure template`) or into DuckDB "
-                "(op-sentinel run --once --lookback 7d --db history.duckdb)",
+                "(op-sentinel run --once --sink duckdb --lookback 7d --db history.duckdb)",
                 ", ".join(fresh),
             )
         if not self.settings.start_was_given:

@@ -157,7 +157,7 @@ def test_a_dcr_without_the_history_stream_fails_in_one_line_and_sends_no_history
     state = tmp_path / "state"
     args, env = _args(sim, token_file, fake, state), _env(mi, fake)
     line = assert_one_error_line(cli(["check", *args], env=env), code=2)
-    assert HISTORY_STREAM in line
+    assert HISTORY_STREAM in line and "--history-stream none" in line
     result = cli(["run", "--once", *args], env=env)
     assert result.code == 1
     assert HISTORY_STREAM in result.errors[0]

@@ -198,7 +198,7 @@ class SentinelSink:
         self._credential = credential if credential is not None else _default_credential()
         self.history_stream = validate_stream_name(history_stream) if history_stream else None
 
-        def uploader(stream: str) -> Uploader:
+        def uploader(stream: str, history: bool = False) -> Uploader:
             return Uploader(
                 self.endpoint,
                 self.dcr_id,
@@ -210,6 +210,7 @@ class SentinelSink:
                 connection_verify=connection_verify,
                 timeout=timeout,
                 pool_size=max(max_concurrency, 4),
+                history=history,
             )
 
         self._main = _Route(self.stream_name, uploader(self.stream_name))

@@ -235,8 +235,16 @@ def forbidden_message(dcr_id: str, failure: Failure) -> str:
     )
 
 
-def not_found_message(endpoint: str, dcr_id: str, stream: str, failure: Failure) -> str:
+def not_found_message(
+    endpoint: str, dcr_id: str, stream: str, failure: Failure, *, history: bool = False
+) -> str:
     code = f" {failure.code}" if failure.code else ""
+    if history:
+        return (
+            f"the DCR {dcr_id} at {endpoint} has no stream {stream} for a first run's history "
+            f"({failure.status}{code}): deploy the DCR from `op-sentinel azure template` (it declares "
+            "that stream and the history table), or pass --history-stream none to send no history"
+        )
     return (
         f"no DCR {dcr_id} / stream {stream} at {endpoint} ({failure.status}{code}): check --dcr-id "
         "(the DCR's immutable id) and --stream, and that --dce is the DCE linked to that DCR or the "

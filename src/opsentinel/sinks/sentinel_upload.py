@@ -139,11 +139,13 @@ class Uploader:
         connection_verify: str | bool | None = None,
         timeout: float = 60.0,
         pool_size: int = 4,
+        history: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.dcr_id = dcr_id
         self.stream_name = stream_name
         self.retry = retry
+        self.history = history  # the history stream: a 404 means a DCR without it
         self._sleep = sleep
         self._authenticated = False  # set by the first accepted upload
         session = requests.Session()
@@ -216,7 +218,9 @@ class Uploader:
         if kind is FailureKind.FORBIDDEN:
             raise AuthError(forbidden_message(self.dcr_id, failure)) from exc
         if kind is FailureKind.NOT_FOUND:
-            message = not_found_message(self.endpoint, self.dcr_id, self.stream_name, failure)
+            message = not_found_message(
+                self.endpoint, self.dcr_id, self.stream_name, failure, history=self.history
+            )
             raise ConfigError(message) from exc
         if kind is FailureKind.TLS:
             raise ConfigError(tls_message(self.endpoint, failure)) from exc
