@@ -215,7 +215,9 @@ class SentinelSink:
 
         self._main = _Route(self.stream_name, uploader(self.stream_name))
         self._history = (
-            _Route(self.history_stream, uploader(self.history_stream)) if self.history_stream else None
+            _Route(self.history_stream, uploader(self.history_stream, history=True))
+            if self.history_stream
+            else None
         )
         self._uploader = self._main.uploader
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="sentinel-upload")
