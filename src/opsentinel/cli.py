@@ -142,6 +142,14 @@ LateWindowOpt = Annotated[
         "path (hand-over, restarts, a rejected cursor), e.g. 24h [env OP_SENTINEL_LATE_WINDOW; default 24h]",
     ),
 ]
+ReplicaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--replica-id",
+        help="This process's name among replicas sharing a Blob state (User-Agent, logs, health rows) "
+        "[env OP_SENTINEL_REPLICA_ID; default: 8 random hex characters per start]",
+    ),
+]
 CustomHostOpt = Annotated[
     bool | None,
     typer.Option(
@@ -243,6 +251,7 @@ def run(
     health_interval: HealthOpt = None,
     backfill_workers: BackfillOpt = None,
     late_window: LateWindowOpt = None,
+    replica_id: ReplicaOpt = None,
     allow_custom_host: CustomHostOpt = None,
     log_level: LogLevelOpt = None,
     progress: Annotated[
@@ -275,6 +284,7 @@ def run(
         health_interval=health_interval,
         backfill_workers=backfill_workers,
         late_window=late_window,
+        replica_id=replica_id,
         allow_custom_host=allow_custom_host,
         log_level=log_level,
     )

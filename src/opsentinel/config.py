@@ -8,6 +8,7 @@ never a plain field: it is read from `--token-file` / `token_file` or `OP_SENTIN
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("health_interval", "OP_SENTINEL_HEALTH_INTERVAL"),
     SettingSpec("backfill_workers", "OP_SENTINEL_BACKFILL_WORKERS"),
     SettingSpec("late_window", "OP_SENTINEL_LATE_WINDOW"),
+    SettingSpec("replica_id", "OP_SENTINEL_REPLICA_ID"),
     SettingSpec("allow_custom_host", "OP_SENTINEL_ALLOW_CUSTOM_HOST"),
     SettingSpec("log_level", "OP_SENTINEL_LOG_LEVEL"),
 )
@@ -91,6 +93,8 @@ class Settings(BaseModel):
     health_interval: timedelta = timedelta(minutes=15)
     backfill_workers: int = Field(default=8, ge=0, le=32)
     late_window: timedelta = DEFAULT_LATE_WINDOW
+    # This process's name among replicas sharing a Blob state (User-Agent, logs, health rows).
+    replica_id: str = Field(default_factory=lambda: secrets.token_hex(4), pattern=r"^[A-Za-z0-9._-]{1,64}$")
     # [[account]] tables of the config file (see accounts.py); account_name names the one these
     # settings are for, once split per account
     accounts: tuple[dict[str, Any], ...] = ()

@@ -18,7 +18,7 @@ from opsentinel.errors import AuthError, OpSentinelError, StoreError
 from opsentinel.events import Introspection
 from opsentinel.pipeline import Pipeline, StreamResult
 from opsentinel.source.baseurl import base_url_from_token, validate_base_url
-from opsentinel.source.client import EventsClient
+from opsentinel.source.client import DEFAULT_USER_AGENT, EventsClient
 from opsentinel.source.ratelimit import RateLimiter
 from opsentinel.source.retry import STARTUP_RETRY, RetryPolicy
 from opsentinel.source.token import ApiToken
@@ -125,6 +125,7 @@ class Connector:
             retry=retry if retry is not None else RETRY_POLICY,
             startup_retry=startup_retry if startup_retry is not None else STARTUP_RETRY_POLICY,
             verify=verify,  # type: ignore[arg-type]
+            user_agent=f"{DEFAULT_USER_AGENT} replica/{settings.replica_id}",
         )
         await client.__aenter__()
         dest: Destination | None = None
@@ -145,7 +146,7 @@ class Connector:
                 dest.lock()
             _warn_clock_skew(client)
             first_start, clamp_warning = settings.first_run_start(client.api_now())
-            telemetry = Telemetry(account=account)
+            telemetry = Telemetry(account=account, replica=settings.replica_id)
             pipeline = Pipeline(
                 client=client,
                 sink=dest.sink,

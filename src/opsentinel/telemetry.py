@@ -110,6 +110,7 @@ class Telemetry:
     """Receives pipeline events; logs them and tracks health. Thread-safe enough for asyncio use."""
 
     account: str = ""
+    replica: str = ""
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     health: dict[str, StreamHealth] = field(default_factory=dict)
     _changed: bool = True
@@ -215,6 +216,7 @@ class Telemetry:
                         "events_rejected": h.rejected,
                         "backfilling": h.backfilling,
                         "connector": f"op-sentinel/{__version__}",
+                        "replica": self.replica or None,
                     },
                 }
             )

@@ -45,6 +45,7 @@ HEALTH_DETAILS = {
     "events_rejected",
     "backfilling",
     "connector",
+    "replica",
 }
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 

@@ -33,6 +33,7 @@ DETAILS = {
     "events_rejected",
     "backfilling",
     "connector",
+    "replica",
 }
 
 
