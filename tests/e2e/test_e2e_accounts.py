@@ -90,3 +90,12 @@ def test_a_bad_token_fails_its_account_and_leaves_the_others_running(
     )
     assert {stream for stream, _ in failing} == {"auditevents", "itemusages"}
     assert all("account second" in str(error) for _, error in failing)
+
+
+def test_every_request_names_the_replica(sim: SimulatorServer, sim_args: list[str], cli: Cli) -> None:
+    result = cli(["run", "--once", *sim_args, "--replica-id", "east-1"])
+    assert result.code == 0, result.err
+    agents = {r.user_agent for r in sim.request_log}
+    assert agents and all(a.startswith("op-sentinel/") and a.endswith(" replica/east-1") for a in agents)
+    bad = cli(["run", "--once", *sim_args, "--replica-id", "no spaces allowed"])
+    assert bad.code == 2 and "replica_id" in bad.err

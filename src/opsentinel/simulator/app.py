@@ -79,6 +79,7 @@ class RequestRecord:
     fault: str | None
     cursor: bool  # a Cursor (continuation) request rather than a ResetCursor
     at_ns: int
+    user_agent: str = ""
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ class SimulatorApp:
                     response.fault,
                     cursor_request,
                     self.clock(),
+                    request.headers.get("user-agent", "")[:200],
                 )
             )
         return response
