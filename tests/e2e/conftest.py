@@ -23,6 +23,8 @@ from tests.e2e.e2ehelp import (
     run_in_process,
     write_token,
 )
+from tests.fakes.azure_identity import FakeManagedIdentity
+from tests.fakes.azure_ingestion import FakeLogsIngestion
 
 from opsentinel import connector
 from opsentinel.simulator import SimulatorConfig, SimulatorServer
@@ -44,6 +46,13 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(connector, "RETRY_POLICY", FAST_RETRY)
     monkeypatch.setattr(connector, "STARTUP_RETRY_POLICY", FAST_STARTUP_RETRY)
     return work
+
+
+@pytest.fixture
+def azure() -> Iterator[tuple[FakeManagedIdentity, FakeLogsIngestion]]:
+    """A fake managed identity and a Logs Ingestion fake that accepts only its tokens."""
+    with FakeManagedIdentity() as mi, FakeLogsIngestion(token_ok=mi.token_ok) as fake:
+        yield mi, fake
 
 
 @pytest.fixture

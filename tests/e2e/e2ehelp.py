@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -140,3 +141,16 @@ def assert_one_error_line(result: CliResult, code: int | None = None) -> str:
     assert "Traceback" not in result.all
     assert len(result.errors) == 1, result.err
     return result.errors[0]
+
+
+def sentinel_args(sim: SimulatorServer, token_file: Path, fake: Any, state: Path) -> list[str]:
+    """The flags of a run into the Logs Ingestion fake `fake`, with checkpoints in `state`."""
+    return [
+        "--base-url", sim.base_url, "--token-file", str(token_file), "--sink", "sentinel",
+        "--dce", fake.endpoint, "--dcr-id", fake.dcr_id, "--state", str(state),
+    ]  # fmt: skip
+
+
+def sentinel_env(identity: Any, fake: Any) -> dict[str, str]:
+    """The environment that points azure-identity at the fake managed identity and trusts the fake."""
+    return {**identity.env(), "REQUESTS_CA_BUNDLE": fake.ca_path}

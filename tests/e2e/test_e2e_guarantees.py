@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from tests.e2e.e2ehelp import (
     assert_exactly_once,
     assert_one_error_line,
     proc_output,
+    sentinel_args,
+    sentinel_env,
     stored_uuids,
     summary_line,
 )
@@ -79,23 +81,6 @@ def test_events_arriving_late_after_the_first_run_are_kept_within_the_late_windo
     assert not {e["uuid"] for e in beyond} & set(stored)
 
 
-def _sentinel_env(mi: FakeManagedIdentity, fake: FakeLogsIngestion) -> dict[str, str]:
-    return {**mi.env(), "REQUESTS_CA_BUNDLE": fake.ca_path}
-
-
-@pytest.fixture
-def azure() -> Iterator[tuple[FakeManagedIdentity, FakeLogsIngestion]]:
-    with FakeManagedIdentity() as mi, FakeLogsIngestion(token_ok=mi.token_ok) as fake:
-        yield mi, fake
-
-
-def _sentinel_args(sim: SimulatorServer, token_file: Path, fake: FakeLogsIngestion, state: Path) -> list[str]:
-    return [
-        "--base-url", sim.base_url, "--token-file", str(token_file), "--sink", "sentinel",
-        "--dce", fake.endpoint, "--dcr-id", fake.dcr_id, "--state", str(state),
-    ]  # fmt: skip
-
-
 def _received(fake: FakeLogsIngestion, stream: str) -> Counter[str]:
     return Counter(str(r["uuid"]) for r in fake.records if r.get("log_source") == stream)
 
@@ -112,8 +97,8 @@ def test_a_rejected_cursor_restarts_early_enough_for_late_events_and_sends_nothi
     sink: str,
 ) -> None:
     mi, fake = azure
-    args = sim_args if sink == "duckdb" else _sentinel_args(sim, token_file, fake, tmp_path / "state")
-    env = _sentinel_env(mi, fake) if sink == "sentinel" else {}
+    args = sim_args if sink == "duckdb" else sentinel_args(sim, token_file, fake, tmp_path / "state")
+    env = sentinel_env(mi, fake) if sink == "sentinel" else {}
     assert cli(["run", "--once", *args], env=env).code == 0
     fresh = {s: sim.add_events(s, 4) for s in STREAMS}
     sim.faults.invalidate_cursors()  # a key rotation: every stored cursor is refused
@@ -145,8 +130,8 @@ def test_azure_refusing_every_request_stops_the_run_until_fixed_then_delivers_on
 ) -> None:
     mi, fake = azure
     state = tmp_path / "state"
-    args = _sentinel_args(sim, token_file, fake, state)
-    env = _sentinel_env(mi, fake)
+    args = sentinel_args(sim, token_file, fake, state)
+    env = sentinel_env(mi, fake)
     fake.reject_when(lambda r: True, code="InvalidPayload", message="The request could not be processed.")
 
     result = cli(["run", "--once", *args], env=env)

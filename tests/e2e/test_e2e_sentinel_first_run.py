@@ -7,13 +7,12 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from tests.e2e.e2ehelp import STREAMS, CliResult, assert_one_error_line
+from tests.e2e.e2ehelp import STREAMS, CliResult, assert_one_error_line, sentinel_args, sentinel_env
 from tests.fakes.azure_identity import FakeManagedIdentity
 from tests.fakes.azure_ingestion import HISTORY_STREAM, STREAM, FakeLogsIngestion
 
@@ -21,23 +20,6 @@ from opsentinel.simulator import SimulatorServer
 from opsentinel.timefmt import parse_rfc3339
 
 Cli = Callable[..., CliResult]
-
-
-@pytest.fixture
-def azure() -> Iterator[tuple[FakeManagedIdentity, FakeLogsIngestion]]:
-    with FakeManagedIdentity() as mi, FakeLogsIngestion(token_ok=mi.token_ok) as fake:
-        yield mi, fake
-
-
-def _args(sim: SimulatorServer, token_file: Path, fake: FakeLogsIngestion, state: Path) -> list[str]:
-    return [
-        "--base-url", sim.base_url, "--token-file", str(token_file), "--sink", "sentinel",
-        "--dce", fake.endpoint, "--dcr-id", fake.dcr_id, "--state", str(state),
-    ]  # fmt: skip
-
-
-def _env(mi: FakeManagedIdentity, fake: FakeLogsIngestion) -> dict[str, str]:
-    return {**mi.env(), "REQUESTS_CA_BUNDLE": fake.ca_path}
 
 
 def _boundaries(state: Path) -> dict[str, datetime]:
@@ -61,7 +43,7 @@ def test_history_goes_to_the_history_stream_and_only_new_events_reach_the_rules_
 ) -> None:
     mi, fake = azure
     state = tmp_path / "state"
-    args, env = _args(sim, token_file, fake, state), _env(mi, fake)
+    args, env = sentinel_args(sim, token_file, fake, state), sentinel_env(mi, fake)
     check = cli(["check", *args], env=env)
     assert check.code == 0, check.err
     plan = [line for line in check.out.splitlines() if line.startswith("first run:")]
@@ -105,7 +87,7 @@ def test_a_kill_during_the_history_keeps_the_boundary(
 ) -> None:
     mi, fake = azure
     state = tmp_path / "state"
-    args, env = _args(sim, token_file, fake, state), _env(mi, fake)
+    args, env = sentinel_args(sim, token_file, fake, state), sentinel_env(mi, fake)
     sim.faults.page_cap = 2
     sim.faults.latency = 0.1
     proc = start_proc(["run", *args], env=env)
@@ -135,9 +117,9 @@ def test_without_a_history_stream_no_history_reaches_azure_and_one_warning_says_
 ) -> None:
     mi, fake = azure
     state = tmp_path / "state"
-    args = [*_args(sim, token_file, fake, state), "--history-stream", "none"]
+    args = [*sentinel_args(sim, token_file, fake, state), "--history-stream", "none"]
     before = datetime.now(UTC)
-    result = cli(["run", "--once", *args], env=_env(mi, fake))
+    result = cli(["run", "--once", *args], env=sentinel_env(mi, fake))
     assert result.code == 0, result.err
     assert len(result.warnings("no history is sent")) == 1, result.err
     assert fake.records_of(HISTORY_STREAM) == []
@@ -155,7 +137,7 @@ def test_a_dcr_without_the_history_stream_fails_in_one_line_and_sends_no_history
     mi, fake = azure
     fake.dcrs[fake.dcr_id] = {STREAM}  # Microsoft's DCR, or one deployed before the history table
     state = tmp_path / "state"
-    args, env = _args(sim, token_file, fake, state), _env(mi, fake)
+    args, env = sentinel_args(sim, token_file, fake, state), sentinel_env(mi, fake)
     line = assert_one_error_line(cli(["check", *args], env=env), code=2)
     assert HISTORY_STREAM in line and "--history-stream none" in line
     result = cli(["run", "--once", *args], env=env)
