@@ -175,7 +175,7 @@ class FileCheckpointStore:
         with self._ledger_lock:
             try:
                 _make_private_dirs(path.parent)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # read: to find a torn last line
                 try:
                     end = self._ledger_sizes.get(path)
                     if end is None or os.fstat(fd).st_size != end:
