@@ -33,7 +33,7 @@ from typing import Final
 
 import orjson
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError, ServiceRequestError
 from azure.storage.blob import BlobClient, BlobLeaseClient, ContentSettings
 
 from opsentinel.checkpoints.blobaccess import (
@@ -270,6 +270,8 @@ class BlobCheckpointStore:
                     lease.ledger_etag = None
                     raise self.state.fail(exc, doing) from exc
                 return
+            except ServiceRequestError as exc:
+                raise self.state.fail(exc, doing) from exc
             except AzureError as exc:
                 if not self._appended(lease, blob, line):
                     lease.ledger_etag = None
@@ -380,7 +382,9 @@ class BlobCheckpointStore:
                     f"cannot {doing}: the unit changed under this replica (ETag); nothing stored"
                 ) from None
             return
-        except AzureError as exc:
+        except ServiceRequestError as exc:  # never reached the service: nothing was written
+            raise self.state.fail(exc, doing) from exc
+        except AzureError as exc:  # sent, no answer: it may have been written
             try:
                 landed = self._landed(lease, metadata, body, doing)
             except StoreError:

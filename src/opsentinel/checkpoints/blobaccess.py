@@ -39,7 +39,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobClient, ContainerClient, ExponentialRetry
+from azure.storage.blob import BlobClient, ContainerClient, LinearRetry
 
 from opsentinel.checkpoints.codec import encode_name, status_from_json, status_json
 from opsentinel.errors import ConfigError, StoreError
@@ -286,8 +286,9 @@ class BlobState:
             location.container,
             credential=credential,
             transport=RequestsTransport(session=session, session_owner=True),
-            # Seconds, not the SDK's default minutes: a renewal and a page must not wait that long.
-            retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2),
+            # Two retries a second apart, not the SDK's default of up to a minute: a page or a
+            # renewal must not wait that long (the pipeline and the renewal loop retry on their own).
+            retry_policy=LinearRetry(backoff=1, retry_total=2, random_jitter_range=0.5),
             connection_timeout=5,
             read_timeout=20,
         )
