@@ -378,6 +378,7 @@ class BlobCheckpointStore:
                 lease.etag = None
                 raise self.state.fail(exc, doing) from exc
             if not self._landed(lease, metadata, body, doing):
+                self._confirm_owner(lease, doing)
                 raise CheckpointConflict(
                     f"cannot {doing}: the unit changed under this replica (ETag); nothing stored"
                 ) from None
@@ -394,6 +395,21 @@ class BlobCheckpointStore:
                 raise self.state.fail(exc, doing) from exc
             return
         lease.etag, lease.metadata = str(result["etag"]), metadata
+
+    def _confirm_owner(self, lease: UnitLease, doing: str) -> None:
+        """After an ETag refusal: LeaseLost if the lease is not ours any more (the service checks
+        the ETag before the lease, so a taken-over owner sees "condition not met" first)."""
+        sent = self._monotonic()
+        try:
+            BlobLeaseClient(self.state.unit_blob(lease.account, lease.stream), lease.lease_id).renew()
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412) or is_loss(exc):
+                lease.mark_lost(f"was taken over ({error_code(exc) or exc.status_code})")
+                raise LeaseLost(f"cannot {doing}: the lease {lease.lost_reason}; nothing stored") from None
+            return
+        except AzureError:
+            return
+        lease.extend(sent)
 
     def _landed(self, lease: UnitLease, metadata: dict[str, str], body: bytes | None, doing: str) -> bool:
         """After an unclear write: is exactly what we wrote stored? (Refreshes the lease's view.)"""

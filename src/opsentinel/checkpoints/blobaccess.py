@@ -288,7 +288,7 @@ class BlobState:
             transport=RequestsTransport(session=session, session_owner=True),
             # Two retries a second apart, not the SDK's default of up to a minute: a page or a
             # renewal must not wait that long (the pipeline and the renewal loop retry on their own).
-            retry_policy=LinearRetry(backoff=1, retry_total=2, random_jitter_range=0.5),
+            retry_policy=LinearRetry(backoff=1, retry_total=2, random_jitter_range=1),
             connection_timeout=5,
             read_timeout=20,
         )

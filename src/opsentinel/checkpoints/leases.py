@@ -182,7 +182,9 @@ class UnitLease:
         self._loop = loop
 
     def on_lost(self, callback: Callable[[UnitLease], None]) -> None:
-        """Call `callback(lease)` once when the lease is lost (at once if it already is)."""
+        """Call `callback(lease)` once when the lease is lost (at once if it already is). Callbacks
+        run on the event loop the lease was claimed from (so `task.cancel()` is safe in them),
+        before `lost` is set."""
         with self._flag:
             if self._lost_reason is None:
                 self._callbacks.append(callback)
@@ -195,21 +197,26 @@ class UnitLease:
             if self._lost_reason is not None:
                 return
             self._lost_reason = reason
-            callbacks, self._callbacks = self._callbacks, []
         loop = self._loop
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if loop is None or running is loop:
-            self.lost.set()
+            self._signal()
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(self.lost.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._signal)
+
+    def _signal(self) -> None:
+        with self._flag:
+            callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
                 callback(self)
             except Exception:
                 log.exception("a lease-lost callback failed")
+        self.lost.set()
 
 
 class Leases:
