@@ -94,12 +94,14 @@ def is_blob_url(text: str) -> bool:
 def parse_state_url(text: str) -> BlobLocation:
     """`https://ACCOUNT.blob.core.windows.net/CONTAINER` or, on loopback only, the emulator form
     `http://127.0.0.1:PORT/ACCOUNT/CONTAINER`. ConfigError (one line) for anything else."""
-    bad = f"--state {text!r} is not a Blob container URL"
     try:
         parts = urlsplit(text.strip())
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"{bad}: {exc}") from None
+        raise ConfigError(f"--state is not a Blob container URL: {exc}") from None
+    # Shown without its query or user part: a pasted SAS or password must not reach the output.
+    shown = f"{parts.scheme}://{parts.hostname or ''}{'' if port is None else f':{port}'}{parts.path}"
+    bad = f"--state {shown} is not a Blob container URL"
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if scheme not in ("https", "http") or not host:
         raise ConfigError(f"{bad}: expected https://ACCOUNT.blob.core.windows.net/CONTAINER")
@@ -211,7 +213,7 @@ def describe(exc: BaseException) -> str:
         hint = {
             "AuthenticationFailed": " (the account key or SAS is wrong)",
             "AuthorizationPermissionMismatch": " (the identity needs Storage Blob Data Contributor)",
-            "AuthorizationFailure": " (access refused by the account's network or permission rules)",
+            "AuthorizationFailure": " (access refused: check the key or SAS, the role, the network rules)",
         }.get(code, "")
         return f"HTTP {exc.status_code} {code or 'error'}{hint}".rstrip()
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
