@@ -55,9 +55,9 @@ from opsentinel.checkpoints.codec import (
     parse_ledger,
     time_text,
 )
-from opsentinel.checkpoints.leases import UnitLease, is_loss
-from opsentinel.checkpoints.leases import clock as lease_clock
 from opsentinel.checkpoints.membership import read_membership
+from opsentinel.checkpoints.ownership import UnitLease, is_loss
+from opsentinel.checkpoints.ownership import clock as lease_clock
 from opsentinel.errors import CheckpointConflict, LeaseLost, StoreError
 from opsentinel.state import Checkpoint, StreamStatus
 

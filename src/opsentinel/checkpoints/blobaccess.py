@@ -46,7 +46,7 @@ from opsentinel.errors import ConfigError, StoreError
 from opsentinel.state import StreamStatus
 
 if TYPE_CHECKING:
-    from opsentinel.checkpoints.leases import UnitLease
+    from opsentinel.checkpoints.ownership import UnitLease
 
 __all__ = ["BlobLocation", "BlobState", "error_code", "is_blob_url", "parse_state_url"]
 

@@ -3,9 +3,9 @@
 The owner of a unit holds the lease on its checkpoint blob (15-60 s, default 30) and renews it from an
 asyncio task of its own, every ~10 s, whatever the page loop is doing (a long 429 wait must not cost
 the lease). The holder counts its deadline from *before* it sent the acquire or renew, on a clock that
-keeps running while the host sleeps, so it always believes it expires earlier than the service does.
-Every write to a unit carries the lease id and the ETag last seen: a replica that lost the unit is
-refused by the storage service, whatever its own clock says.
+keeps running while the host sleeps, so it always believes it expires earlier than the service does
+(see ownership.UnitLease). Every write to a unit carries the lease id and the ETag last seen: a replica
+that lost the unit is refused by the storage service, whatever its own clock says.
 
 The ledger of a unit is an append blob with a lease of its own, infinite, taken over (broken and
 acquired with the unit's lease id) by each new owner at claim time: renewing one lease per unit is
@@ -24,10 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import random
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +35,6 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobClient, BlobLeaseClient
 
 from opsentinel.checkpoints.blobaccess import (
-    META_LEDGER,
     META_OWNER,
     META_STATUS,
     BlobState,
@@ -48,8 +44,8 @@ from opsentinel.checkpoints.blobaccess import (
 )
 from opsentinel.checkpoints.codec import checkpoint_from_json, decode_record
 from opsentinel.checkpoints.membership import Membership, heartbeat, read_membership, remove_heartbeat
+from opsentinel.checkpoints.ownership import UnitLease, clock, is_loss
 from opsentinel.errors import ConfigError, LeaseHeld, LeaseLost, StoreError
-from opsentinel.state import StreamStatus
 
 __all__ = ["DEFAULT_DURATION", "DEFAULT_RENEW_EVERY", "LeaseManager", "Leases", "UnitLease", "clock"]
 
@@ -61,162 +57,11 @@ MIN_DURATION: Final = 15  # the service's bounds for a finite lease
 MAX_DURATION: Final = 60
 RETRY_RENEW_AFTER: Final = 2.0  # after a failed renewal, while the lease has time left
 RELEASED: Final = "was released by this replica"
-# Refusals that mean "not yours any more" (lease operations answer 409, writes 412).
-LOSS_CODES: Final = frozenset(
-    {
-        "LeaseIdMismatchWithLeaseOperation",
-        "LeaseIsBrokenAndCannotBeRenewed",
-        "LeaseNotPresentWithLeaseOperation",
-        "LeaseIsBreakingAndCannotBeChanged",
-        "LeaseAlreadyBroken",
-        "LeaseIdMissing",
-        "LeaseIdMismatchWithBlobOperation",
-        "LeaseNotPresentWithBlobOperation",
-        "LeaseLost",
-        "BlobNotFound",
-    }
-)
-
 T = TypeVar("T")
-
-
-_CLOCK_ID: Final[int] = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
-
-
-def clock() -> float:
-    """Seconds on a clock that keeps counting while the host is suspended (CLOCK_BOOTTIME on
-    Linux): a frozen VM must wake up knowing its leases ran out."""
-    return time.clock_gettime(_CLOCK_ID)
-
-
-def is_loss(exc: BaseException) -> bool:
-    return isinstance(exc, HttpResponseError) and error_code(exc) in LOSS_CODES
 
 
 def _quick_release(lease: BlobLeaseClient) -> None:
     lease.release(retry_total=0, connection_timeout=3, read_timeout=5)
-
-
-class UnitLease:
-    """This process's ownership of one unit, and the write context the store uses for it: the lease
-    id, the ETag and metadata last seen on the unit blob, the ledger generation's ETag.
-
-    `cp_lock` serialises writes to the unit blob, `ledger_lock` appends to the ledger (each write
-    moves an ETag the next one is conditioned on).
-    """
-
-    def __init__(
-        self,
-        account: str,
-        stream: str,
-        owner: str,
-        lease_id: str,
-        duration: float,
-        clock: Callable[[], float] = clock,
-    ) -> None:
-        self.account = account
-        self.stream = stream
-        self.owner = owner
-        self.lease_id = lease_id
-        self.duration = duration
-        self._clock = clock
-        self._deadline = -math.inf
-        self._lost_reason: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._callbacks: list[Callable[[UnitLease], None]] = []
-        self._flag = threading.Lock()
-        self.lost = asyncio.Event()
-        self.cp_lock = threading.RLock()
-        self.ledger_lock = threading.RLock()
-        self.etag: str | None = None
-        self.metadata: dict[str, str] = {}
-        self.version: int | None = None  # the stored checkpoint's version (0: none yet)
-        self.ledger_etag: str | None = None
-        self.ledger_size: int | None = None
-        self.status: StreamStatus | None = None  # the newest status given to the store
-        self.status_stored: StreamStatus | None = None
-        self.status_written_at = -math.inf
-
-    def __repr__(self) -> str:
-        state = f"lost: {self._lost_reason}" if self._lost_reason else f"{self.seconds_left():.1f}s left"
-        return f"UnitLease({self.account!r}, {self.stream!r}, owner={self.owner!r}, {state})"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.account, self.stream)
-
-    @property
-    def ledger_generation(self) -> str | None:
-        return self.metadata.get(META_LEDGER) or None
-
-    @property
-    def lost_reason(self) -> str | None:
-        return self._lost_reason
-
-    @property
-    def is_lost(self) -> bool:
-        return self._lost_reason is not None
-
-    def seconds_left(self) -> float:
-        """How long this process may still act as the owner (0 once lost). Start nothing (an upload,
-        a page) that may take longer: the service lets the lease go a little after this."""
-        if self._lost_reason is not None:
-            return 0.0
-        return max(0.0, self._deadline - self._clock())
-
-    def extend(self, sent_at: float) -> None:
-        """Record a granted acquire or renew that was sent at `sent_at` (this lease's clock)."""
-        self._deadline = max(self._deadline, sent_at + self.duration)
-
-    def check(self, doing: str) -> None:
-        """LeaseLost unless this process may still write the unit."""
-        if self._lost_reason is not None:
-            raise LeaseLost(f"cannot {doing}: {self._describe()} {self._lost_reason}; nothing stored")
-        if self.seconds_left() <= 0:
-            raise LeaseLost(f"cannot {doing}: the lease of {self._describe()} ran out; nothing stored")
-
-    def _describe(self) -> str:
-        return f"{self.stream} (account {self.account})"
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def on_lost(self, callback: Callable[[UnitLease], None]) -> None:
-        """Call `callback(lease)` once when the lease is lost (at once if it already is). Callbacks
-        run on the event loop the lease was claimed from (so `task.cancel()` is safe in them),
-        before `lost` is set."""
-        with self._flag:
-            if self._lost_reason is None:
-                self._callbacks.append(callback)
-                return
-        callback(self)
-
-    def mark_lost(self, reason: str) -> None:
-        """Record the loss (the first reason wins) and signal it; safe from any thread."""
-        with self._flag:
-            if self._lost_reason is not None:
-                return
-            self._lost_reason = reason
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop:
-            self._signal()
-        elif not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._signal)
-
-    def _signal(self) -> None:
-        with self._flag:
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:
-                log.exception("a lease-lost callback failed")
-        self.lost.set()
 
 
 class Leases:
@@ -458,6 +303,9 @@ class LeaseManager:
         key = (account, stream)
         old = self._held.pop(key, None)
         if old is not None:
+            if not old[0].is_lost:
+                self._held[key] = old
+                return old[0]  # held already
             old[1].cancel()
         lease = await self._run(self.leases.claim, account, stream, lease_id=self._last_ids.get(key))
         lease.bind(asyncio.get_running_loop())
