@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 from tests.fakes.azurite import ACCOUNT_KEY, Azurite
 
 from opsentinel.checkpoints.blob import BlobCheckpointStore
 from opsentinel.checkpoints.blobaccess import BlobLocation, BlobState, is_blob_url, parse_state_url
 from opsentinel.checkpoints.leases import LeaseManager, Leases
 from opsentinel.errors import ConfigError, StoreError
+from opsentinel.state import Checkpoint
 
 
 @pytest.mark.parametrize(
@@ -130,3 +134,25 @@ def test_an_unreachable_state_is_one_line(tmp_path: object) -> None:
     )
     with pytest.raises(ConfigError, match="renew a 30 s lease more often"):
         LeaseManager(store.state, "r", renew_every=20)
+
+
+def test_a_container_sas_in_the_connection_string_is_enough(azurite: Azurite) -> None:
+    """A SAS for one existing container (no right to create containers) runs a unit."""
+    url = azurite.state_url()
+    container = url.rsplit("/", 1)[1]
+    BlobServiceClient.from_connection_string(azurite.connection_string).create_container(container)
+    sas = generate_container_sas(
+        "devstoreaccount1",
+        container,
+        account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions(
+            read=True, add=True, create=True, write=True, delete=True, list=True
+        ),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    env = {"AZURE_STORAGE_CONNECTION_STRING": f"BlobEndpoint={azurite.endpoint};SharedAccessSignature={sas}"}
+    store = BlobCheckpointStore.open(url, env=env)
+    store.ensure_writable()
+    Leases(store.state, "r").claim("acct", "auditevents")
+    assert store.commit(Checkpoint("acct", "auditevents", cursor="c")).version == 1
+    store.close()

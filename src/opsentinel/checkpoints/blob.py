@@ -100,10 +100,13 @@ class BlobCheckpointStore:
 
     def ensure_writable(self) -> None:
         """Create the container if missing and prove a blob can be written there (StoreError)."""
-        self.state.ensure_container()
         probe = self.state.container.get_blob_client(f"probes/{secrets.token_hex(8)}")
         try:
-            probe.upload_blob(b"", overwrite=True)
+            try:
+                probe.upload_blob(b"", overwrite=True)
+            except ResourceNotFoundError:  # no container yet (a container-scoped SAS cannot make one)
+                self.state.ensure_container()
+                probe.upload_blob(b"", overwrite=True)
             probe.delete_blob()
         except AzureError as exc:
             raise self.state.fail(exc, "write") from exc
