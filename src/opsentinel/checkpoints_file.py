@@ -8,10 +8,11 @@ Layout under the state directory (`--state`, default `.op-sentinel/`):
     ledger/<account>/<stream>.jsonl            the delivered-uuid ledger (see ledger): appended
     status/<account>/<stream>.json             one StreamStatus
 
-Names are percent-encoded (anything but letters, digits, `-` and `_`), so no account or stream can
-escape its directory. Every file carries `format_version`. Files are written atomically (a temporary
-file in the same directory, fsync, rename, fsync of the directory), with mode 0600 in 0700
-directories: a crash leaves the old file or the new one, never a torn one.
+Names are percent-encoded (anything but letters, digits, `-` and `_`; a long one shortened with its
+SHA-256, see _encode), so no account or stream can escape its directory. Every file carries
+`format_version`. Files are written atomically (a temporary file in the same directory, fsync,
+rename, fsync of the directory), with mode 0600 in 0700 directories: a crash leaves the old file or
+the new one, never a torn one.
 
 A checkpoint file that cannot be read or parsed is a StoreError naming it, never a silent fresh
 start (which would re-read up to 120 days of history, or skip it). A failed write (read-only
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 import fcntl
+import hashlib
 import os
 import secrets
 import threading
@@ -34,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -43,17 +45,29 @@ from opsentinel.checkpoints.codec import (
     checkpoint_from_json,
     checkpoint_json,
     decode_record,
+    encode_name,
     ledger_line,
     parse_ledger,
     status_from_json,
     status_json,
 )
-from opsentinel.checkpoints.codec import encode_name as _encode
 from opsentinel.errors import CheckpointConflict, StoreError
 from opsentinel.state import Checkpoint, StreamStatus
 from opsentinel.writerlock import WriterLock
 
 __all__ = ["FORMAT_VERSION", "FileCheckpointStore"]
+
+
+_MAX_NAME: Final = 160  # characters of an encoded name in a file name (NAME_MAX is 255 bytes)
+
+
+def _encode(name: str) -> str:
+    """encode_name, shortened for the file system when long: a prefix and the name's SHA-256.
+    `~` never occurs in an encoded name, so a shortened one cannot equal a plain one."""
+    encoded = encode_name(name)
+    if len(encoded) <= _MAX_NAME:
+        return encoded
+    return f"{encoded[: _MAX_NAME - 65]}~{hashlib.sha256(name.encode()).hexdigest()}"
 
 
 def _reason(exc: OSError) -> str:

@@ -182,3 +182,16 @@ def test_status_files_round_trip(state: Path) -> None:
     (state / "status" / "ACCT" / "itemusages.json").write_text("{")
     with pytest.raises(StoreError, match="status file"):
         store.read_statuses()
+
+
+def test_a_name_too_long_for_a_file_name_is_shortened_and_kept_apart(state: Path) -> None:
+    """40 four-byte characters percent-encode to 480: more than a file name may hold (255)."""
+    store = FileCheckpointStore(state)
+    long_a, long_b = "\U00010000" * 40, "\U00010000" * 39 + "\U00010001"
+    a = store.commit(Checkpoint(long_a, long_b, cursor="a"))
+    b = store.commit(Checkpoint(long_b, long_a, cursor="b"))
+    assert (store.read(long_a, long_b), store.read(long_b, long_a)) == (a, b)
+    assert [c.cursor for c in store.list()] == ["a", "b"]
+    store.append_ledger(long_a, long_b, [("u", 1)])
+    assert store.load_ledger(long_a, long_b) == [("u", 1)]
+    assert all(len(p.name) < 255 for p in state.rglob("*"))
