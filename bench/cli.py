@@ -1,4 +1,6 @@
-"""The benchmark command: `python -m bench [all|backfill|pipeline|memory|sentinel] [--quick] [options]`."""
+"""The benchmark command: `python -m bench [all|backfill|pipeline|memory|sentinel] [--quick] [options]`.
+
+`python -m bench blobstate` (storage requests of a Blob state, on Azurite) runs only when named."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bench import backfill, machine, memory, pipeline, runs, sentinel
+from bench import backfill, blobstate, machine, memory, pipeline, runs, sentinel
 from bench.runs import parse_count
 from bench.simproc import BenchError
 from bench.table import Table
 
 BENCHMARKS = ("backfill", "pipeline", "memory", "sentinel")
+EXTRA = ("blobstate",)  # run only when named
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="op-sentinel benchmarks: backfill pages/s, pipeline events/s, peak RSS, Sentinel sink.",
     )
-    p.add_argument("which", nargs="?", default="all", choices=("all", *BENCHMARKS))
+    p.add_argument("which", nargs="?", default="all", choices=("all", *BENCHMARKS, *EXTRA))
     p.add_argument(
         "--quick", action="store_true", help="small sizes: a smoke run in seconds, not a measurement"
     )
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="op-sentinel's --backfill-workers for every op-sentinel run (0: one cursor) [its default]",
     )
+    p.add_argument("--units", type=int, help="blobstate: (account, stream) units [full 60]")
     p.add_argument(
         "--sentinel-events", type=parse_count, help=f"sentinel: events [full {FULL.sentinel_events:,}]"
     )
@@ -94,6 +98,11 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Table]]
         ),
         "memory": lambda: memory.run(sizes=memory.parse_sizes(args.sizes or d.sizes), runner=args.runner),
         "sentinel": lambda: sentinel.run(events=args.sentinel_events or d.sentinel_events),
+        "blobstate": lambda: blobstate.run(
+            units=args.units or (6 if args.quick else 60),
+            replicas=3 if not args.quick else 2,
+            seconds=15 if args.quick else 120,
+        ),
     }
     names = BENCHMARKS if args.which == "all" else (args.which,)
     return [(name, jobs[name]) for name in names]

@@ -8,10 +8,11 @@ Layout under the state directory (`--state`, default `.op-sentinel/`):
     ledger/<account>/<stream>.jsonl            the delivered-uuid ledger (see ledger): appended
     status/<account>/<stream>.json             one StreamStatus
 
-Names are percent-encoded (anything but letters, digits, `-` and `_`), so no account or stream can
-escape its directory. Every file carries `format_version`. Files are written atomically (a temporary
-file in the same directory, fsync, rename, fsync of the directory), with mode 0600 in 0700
-directories: a crash leaves the old file or the new one, never a torn one.
+Names are percent-encoded (anything but letters, digits, `-` and `_`; a long one shortened with its
+SHA-256, see _encode), so no account or stream can escape its directory. Every file carries
+`format_version`. Files are written atomically (a temporary file in the same directory, fsync,
+rename, fsync of the directory), with mode 0600 in 0700 directories: a crash leaves the old file or
+the new one, never a torn one.
 
 A checkpoint file that cannot be read or parsed is a StoreError naming it, never a silent fresh
 start (which would re-read up to 120 days of history, or skip it). A failed write (read-only
@@ -39,34 +40,34 @@ from typing import Any, Final
 
 import orjson
 
+from opsentinel.checkpoints.codec import (
+    FORMAT_VERSION,
+    checkpoint_from_json,
+    checkpoint_json,
+    decode_record,
+    encode_name,
+    ledger_line,
+    parse_ledger,
+    status_from_json,
+    status_json,
+)
 from opsentinel.errors import CheckpointConflict, StoreError
 from opsentinel.state import Checkpoint, StreamStatus
 from opsentinel.writerlock import WriterLock
 
 __all__ = ["FORMAT_VERSION", "FileCheckpointStore"]
 
-FORMAT_VERSION: Final = 1
-_MAX_NAME: Final = 160  # bytes of an encoded name; with ".jsonl" and temporary suffixes well under 255
-_SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+_MAX_NAME: Final = 160  # characters of an encoded name in a file name (NAME_MAX is 255 bytes)
 
 
 def _encode(name: str) -> str:
-    """An injective, filesystem-safe form of `name` ("%" for the empty name). A long one keeps its
-    first part and ends in a digest of the whole (a file name holds at most 255 bytes)."""
-    if not name:
-        return "%"
-    encoded = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in name.encode())
+    """encode_name, shortened for the file system when long: a prefix and the name's SHA-256.
+    `~` never occurs in an encoded name, so a shortened one cannot equal a plain one."""
+    encoded = encode_name(name)
     if len(encoded) <= _MAX_NAME:
         return encoded
-    digest = hashlib.sha256(name.encode()).hexdigest()[:32]
-    return f"{encoded[: _MAX_NAME - 40]}~{digest}"  # "~" is never produced by the encoding above
-
-
-def _time_text(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return utc.isoformat().replace("+00:00", "Z")
+    return f"{encoded[: _MAX_NAME - 65]}~{hashlib.sha256(name.encode()).hexdigest()}"
 
 
 def _reason(exc: OSError) -> str:
@@ -114,7 +115,7 @@ class FileCheckpointStore:
                     f"{stored_version}, not {checkpoint.version}: another run committed first"
                 )
             stored = replace(checkpoint, version=checkpoint.version + 1, updated_at=self._clock())
-            self._write(path, _checkpoint_json(stored))
+            self._write(path, checkpoint_json(stored))
         return stored
 
     def list(self) -> list[Checkpoint]:
@@ -155,14 +156,14 @@ class FileCheckpointStore:
             status = replace(status, updated_at=self._clock())
         path = self._path(self._status, status.account, status.stream)
         with self._locked(self._status):
-            self._write(path, _status_json(status))
+            self._write(path, status_json(status))
 
     def read_statuses(self) -> builtins.list[StreamStatus]:
         out = []
         for path in self._files(self._status):
             data = _load(path, "status")
             if data is not None:
-                out.append(_status(data, path))
+                out.append(status_from_json(data, f"the status file {path}"))
         return sorted(out, key=lambda s: (s.account, s.stream))
 
     # LedgerStore -------------------------------------------------------------------------------
@@ -176,20 +177,7 @@ class FileCheckpointStore:
             return []
         except OSError as exc:
             raise StoreError(f"cannot read the ledger file {path}: {_reason(exc)}") from exc
-        entries: builtins.list[tuple[str, int]] = []
-        whole = 0
-        for line in raw.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # cut short by a crash: never acknowledged
-            try:
-                data = orjson.loads(line)
-                uuids, times = data["u"], data["t"]
-                if len(uuids) != len(times):
-                    raise ValueError("u and t differ in length")
-                entries.extend((str(u), int(t)) for u, t in zip(uuids, times, strict=True))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise StoreError(f"the ledger file {path} is corrupt ({exc}); fix or remove it") from exc
-            whole += len(line)
+        entries, whole = parse_ledger(raw, f"the ledger file {path}")
         self._ledger_sizes[path] = whole
         return entries
 
@@ -197,11 +185,11 @@ class FileCheckpointStore:
         if not entries:
             return
         path = self._ledger_path(account, stream)
-        line = orjson.dumps({"u": [u for u, _ in entries], "t": [t for _, t in entries]}) + b"\n"
+        line = ledger_line(entries)
         with self._ledger_lock:
             try:
                 _make_private_dirs(path.parent)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # read: to find a torn last line
                 try:
                     end = self._ledger_sizes.get(path)
                     if end is None or os.fstat(fd).st_size != end:
@@ -222,11 +210,7 @@ class FileCheckpointStore:
 
     def rewrite_ledger(self, account: str, stream: str, entries: Sequence[tuple[str, int]]) -> None:
         path = self._ledger_path(account, stream)
-        payload = (
-            orjson.dumps({"u": [u for u, _ in entries], "t": [t for _, t in entries]}) + b"\n"
-            if entries
-            else b""
-        )
+        payload = ledger_line(entries) if entries else b""
         with self._ledger_lock:
             self._write_bytes(path, payload)
             self._ledger_sizes[path] = len(payload)
@@ -259,24 +243,7 @@ class FileCheckpointStore:
             raise StoreError(f"cannot read the state directory {root}: {_reason(exc)}") from exc
 
     def _checkpoint(self, data: dict[str, Any], path: Path) -> Checkpoint:
-        try:
-            cp = Checkpoint(
-                account=_typed(data, "account", str),
-                stream=_typed(data, "stream", str),
-                cursor=_optional(data, "cursor", str),
-                newest_event_time=_time(data, "newest_event_time"),
-                events_delivered=_typed(data, "events_delivered", int),
-                version=_typed(data, "version", int),
-                updated_at=_time(data, "updated_at"),
-                backfill=_optional(data, "backfill", dict),
-                live_start=_time(data, "live_start"),
-                first_run_at=_time(data, "first_run_at"),
-                caught_up_at=_time(data, "caught_up_at"),
-                events_duplicate=_optional(data, "events_duplicate", int) or 0,
-                events_dead_lettered=_optional(data, "events_dead_lettered", int) or 0,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"the checkpoint file {path} is corrupt ({exc}); fix or remove it") from exc
+        cp = checkpoint_from_json(data, f"the checkpoint file {path}")
         if self._path(path.parent.parent, cp.account, cp.stream) != path:
             raise StoreError(
                 f"the checkpoint file {path} holds another stream's checkpoint; fix or remove it"
@@ -332,21 +299,7 @@ def _load(path: Path, what: str) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise StoreError(f"cannot read the {what} file {path}: {_reason(exc)}") from exc
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise StoreError(f"the {what} file {path} is corrupt (not JSON); fix or remove it") from exc
-    if not isinstance(data, dict):
-        raise StoreError(f"the {what} file {path} is corrupt (not a JSON object); fix or remove it")
-    version = data.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise StoreError(f"the {what} file {path} is corrupt (no format_version); fix or remove it")
-    if version > FORMAT_VERSION:
-        raise StoreError(
-            f"the {what} file {path} has format_version {version}, newer than this op-sentinel "
-            f"knows ({FORMAT_VERSION}); upgrade op-sentinel"
-        )
-    return data
+    return decode_record(raw, f"the {what} file {path}")
 
 
 def _make_private_dirs(directory: Path) -> None:
@@ -367,76 +320,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _checkpoint_json(cp: Checkpoint) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "account": cp.account,
-        "stream": cp.stream,
-        "cursor": cp.cursor,
-        "newest_event_time": _time_text(cp.newest_event_time),
-        "events_delivered": cp.events_delivered,
-        "version": cp.version,
-        "updated_at": _time_text(cp.updated_at),
-        "backfill": cp.backfill,
-        "live_start": _time_text(cp.live_start),
-        "first_run_at": _time_text(cp.first_run_at),
-        "caught_up_at": _time_text(cp.caught_up_at),
-        "events_duplicate": cp.events_duplicate,
-        "events_dead_lettered": cp.events_dead_lettered,
-    }
-
-
-def _status_json(st: StreamStatus) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "account": st.account,
-        "stream": st.stream,
-        "last_success": _time_text(st.last_success),
-        "last_error": st.last_error,
-        "last_error_at": _time_text(st.last_error_at),
-        "lag_seconds": st.lag_seconds,
-        "rows_stored": st.rows_stored,
-        "updated_at": _time_text(st.updated_at),
-    }
-
-
-def _status(data: dict[str, Any], path: Path) -> StreamStatus:
-    try:
-        lag = data.get("lag_seconds")
-        if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
-            raise TypeError("lag_seconds is not a number")
-        return StreamStatus(
-            account=_typed(data, "account", str),
-            stream=_typed(data, "stream", str),
-            last_success=_time(data, "last_success"),
-            last_error=_optional(data, "last_error", str),
-            last_error_at=_time(data, "last_error_at"),
-            lag_seconds=None if lag is None else float(lag),
-            rows_stored=_typed(data, "rows_stored", int),
-            updated_at=_time(data, "updated_at"),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StoreError(f"the status file {path} is corrupt ({exc}); fix or remove it") from exc
-
-
-def _typed(data: dict[str, Any], key: str, kind: type) -> Any:
-    value = data[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TypeError(f"{key} is not a {kind.__name__}")
-    return value
-
-
-def _optional(data: dict[str, Any], key: str, kind: type) -> Any:
-    return None if data.get(key) is None else _typed(data, key, kind)
-
-
-def _time(data: dict[str, Any], key: str) -> datetime | None:
-    text = _optional(data, key, str)
-    if text is None:
-        return None
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"{key} has no time zone")
-    return moment.astimezone(UTC)

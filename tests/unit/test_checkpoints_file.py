@@ -186,12 +186,14 @@ def test_status_files_round_trip(state: Path) -> None:
         store.read_statuses()
 
 
-def test_long_names_fit_a_file_name_and_stay_distinct(state: Path) -> None:
+def test_a_name_too_long_for_a_file_name_is_shortened_and_kept_apart(state: Path) -> None:
+    """40 four-byte characters percent-encode to 480: more than a file name may hold (255)."""
     store = FileCheckpointStore(state)
-    long_a, long_b = "帳" * 60 + "a", "帳" * 60 + "b"  # 180 bytes of UTF-8, 540 once percent-encoded
-    for account in (long_a, long_b):
-        store.commit(Checkpoint(account, "s" * 300, cursor=account[-1]))
-    assert store.read(long_a, "s" * 300).cursor == "a"  # type: ignore[union-attr]
-    assert store.read(long_b, "s" * 300).cursor == "b"  # type: ignore[union-attr]
-    assert sorted(c.cursor or "" for c in store.list()) == ["a", "b"]
-    assert all(len(p.name.encode()) < 255 for p in state.rglob("*"))
+    long_a, long_b = "\U00010000" * 40, "\U00010000" * 39 + "\U00010001"
+    a = store.commit(Checkpoint(long_a, long_b, cursor="a"))
+    b = store.commit(Checkpoint(long_b, long_a, cursor="b"))
+    assert (store.read(long_a, long_b), store.read(long_b, long_a)) == (a, b)
+    assert [c.cursor for c in store.list()] == ["a", "b"]
+    store.append_ledger(long_a, long_b, [("u", 1)])
+    assert store.load_ledger(long_a, long_b) == [("u", 1)]
+    assert all(len(p.name) < 255 for p in state.rglob("*"))
