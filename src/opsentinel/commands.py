@@ -223,19 +223,19 @@ def run_resend(settings: Settings) -> int:
     scratch = scratch_dead_letter_dir()
     sink = sentinel_sink(settings, scratch)
     try:
-        summary = resend_dead_letters(sink, settings.state)
+        summary = resend_dead_letters(sink, settings.state_dir)
     finally:
         sink.close()
         shutil.rmtree(scratch, ignore_errors=True)
     if not summary.found:
-        print(f"no dead letters in {settings.state}")
+        print(f"no dead letters in {settings.state_dir}")
         return 0
     print(f"re-sent {summary.resent:,} of {summary.found:,} dead-lettered record(s)")
     if summary.still_refused:
         why = f" ({summary.refusal})" if summary.refusal else ""
         print(
             f"error: Azure still refuses {summary.still_refused:,} record(s); they stay in "
-            f"{settings.state / 'dead-letter.jsonl'}{why}",
+            f"{settings.state_dir / 'dead-letter.jsonl'}{why}",
             file=sys.stderr,
         )
         return 1

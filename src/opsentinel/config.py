@@ -16,7 +16,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from opsentinel.errors import ConfigError
 from opsentinel.schema import DCR_HISTORY_STREAM_NAME, DCR_STREAM_NAME
@@ -34,6 +42,7 @@ RETENTION_MARGIN = timedelta(minutes=10)
 DEFAULT_LOOKBACK = timedelta(days=7)
 DEFAULT_LATE_WINDOW = timedelta(hours=24)
 DEFAULT_CONFIG_FILE = "op-sentinel.toml"
+DEFAULT_STATE_DIR = ".op-sentinel"
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,8 @@ class Settings(BaseModel):
     dcr_id: str | None = None
     stream: str = DCR_STREAM_NAME
     history_stream: str = DCR_HISTORY_STREAM_NAME
-    state: Path = Path(".op-sentinel")
+    # a directory, or an Azure Blob container URL (see checkpoints.blobaccess.parse_state_url)
+    state: str = ".op-sentinel"
     poll_interval: timedelta = timedelta(seconds=10)
     health_interval: timedelta = timedelta(minutes=15)
     backfill_workers: int = Field(default=8, ge=0, le=32)
@@ -184,6 +194,32 @@ class Settings(BaseModel):
                 "the start is older than the API's 120-day retention; starting 120 days ago instead",
             )
         return start, None
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @model_validator(mode="after")
+    def _blob_state_needs_a_shareable_sink(self) -> Settings:
+        if self.state_url is not None and self.sink == "duckdb":
+            raise ValueError(
+                "a Blob state (--state URL) is for replicas sharing the work, with --sink sentinel or jsonl; "
+                "a DuckDB store keeps its checkpoints in its own file (one writer)"
+            )
+        return self
+
+    @property
+    def state_url(self) -> str | None:
+        """The Blob container URL `--state` names, or None when it is a directory."""
+        from opsentinel.checkpoints.blobaccess import is_blob_url
+
+        return self.state if is_blob_url(self.state) else None
+
+    @property
+    def state_dir(self) -> Path:
+        """The state directory; with a Blob state, the local directory kept for dead letters."""
+        return Path(DEFAULT_STATE_DIR if self.state_url is not None else self.state)
 
     @property
     def sends_history(self) -> bool:

@@ -93,7 +93,7 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
 
     from opsentinel.checkpoints_file import FileCheckpointStore
 
-    files = FileCheckpointStore(settings.state)
+    files = FileCheckpointStore(settings.state_dir)
     if settings.sink == "jsonl":
         from opsentinel.sinks.jsonl import JsonlSink
 
@@ -107,7 +107,7 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
             writer=files.writer_lock(),
         )
 
-    sink = sentinel_sink(settings, settings.state, **sink_options)
+    sink = sentinel_sink(settings, settings.state_dir, **sink_options)
     try:
         files.ensure_writable()
     except BaseException:

@@ -98,7 +98,7 @@ class Fleet:
         if key not in self.sinks:
             from opsentinel.destination import sentinel_sink
 
-            sink = sentinel_sink(account, account.state)
+            sink = sentinel_sink(account, account.state_dir)
             label = f"sentinel {account.dce} {account.dcr_id} {account.stream}"
             self.sinks[key] = Destination(
                 sink, self.shared.store, self.shared.status, label, self.shared.ledgers

@@ -49,11 +49,11 @@ def collect(settings: Settings) -> list[StreamView]:
         )
     from opsentinel.checkpoints_file import FileCheckpointStore
 
-    if not settings.state.exists():
+    if not settings.state_dir.exists():
         raise StoreError(
-            f"no state directory at {settings.state} (run `op-sentinel run` first, or pass --state)"
+            f"no state directory at {settings.state_dir} (run `op-sentinel run` first, or pass --state)"
         )
-    files = FileCheckpointStore(settings.state)
+    files = FileCheckpointStore(settings.state_dir)
     checkpoints = files.list()
     rows = {c.stream: c.events_delivered for c in checkpoints}
     newest = {c.stream: c.newest_event_time for c in checkpoints}

@@ -138,9 +138,11 @@ class TrappedClient:
     def api_now(self) -> datetime:
         return self._client.api_now()
 
-    async def fetch_page(self, spec: Any, body: dict[str, Any], *, priority: bool = False) -> Any:
+    async def fetch_page(
+        self, spec: Any, body: dict[str, Any], *, priority: bool = False, admit: Any = None
+    ) -> Any:
         self._trap.point()
-        page = await self._client.fetch_page(spec, body, priority=priority)
+        page = await self._client.fetch_page(spec, body, priority=priority, admit=admit)
         self._trap.point()
         return page
 

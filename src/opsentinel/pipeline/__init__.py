@@ -63,7 +63,10 @@ class Pipeline:
     concurrent deliveries of the live chain for non-transactional sinks; `backfill_workers` is how
     many history slices are paged at once on a first run (0 reads history with the live cursor).
     `send_history` False starts a stream's first run at that moment, reading no history (for a
-    sink that must not get it: Sentinel without a history stream).
+    sink that must not get it: Sentinel without a history stream). `admit(stream, "fetch" | "upload")`,
+    when given, is called before every request the pipeline starts for a stream (each try of an
+    Events API request, each upload of the sink) and raises to stop it: a replica that may lose the
+    stream before the request ends.
     """
 
     client: EventsClient
@@ -78,11 +81,19 @@ class Pipeline:
     late_window: timedelta = DEFAULT_LATE_WINDOW
     ledgers: LedgerStore | None = None
     send_history: bool = True
+    admit: Callable[[str, str], None] | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     on_progress: ProgressHook | None = None
     prepare_turn: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(1), init=False, repr=False
     )
+
+    def gate(self, stream: str, what: str) -> Callable[[], None] | None:
+        """The admission check for one kind of request of `stream` (None when nothing gates them)."""
+        admit = self.admit
+        if admit is None:
+            return None
+        return lambda: admit(stream, what)
 
     def floor(self) -> datetime:
         """The oldest moment a request may ask for: the API keeps 120 days (less a margin)."""

@@ -50,7 +50,9 @@ async def plan_first_run(
         return start, None, {}  # the live chain reads everything
     whole = Slice(0, start, live_start)
     start_time, end_time = whole.window(pipeline.floor())
-    probe = await pipeline.client.fetch_page(spec, CursorPager.reset(start_time, end_time).next_request())
+    probe = await pipeline.client.fetch_page(
+        spec, CursorPager.reset(start_time, end_time).next_request(), admit=pipeline.gate(spec.name, "fetch")
+    )
     if not probe.has_more:
         log.info("stream=%s first run: history up to %s fits one page", spec.name, live_start.isoformat())
         return live_start, BackfillPlan(live_start, (whole,)), {0: probe}
@@ -162,7 +164,9 @@ async def _page_slice(
         page = stream.first_pages.pop(slice_id, None)
         if page is None:
             try:
-                page = await pipeline.client.fetch_page(stream.spec, pager.next_request())
+                page = await pipeline.client.fetch_page(
+                    stream.spec, pager.next_request(), admit=pipeline.gate(stream.name, "fetch")
+                )
             except CursorRejected:
                 log.warning(
                     "stream=%s slice %d: the API rejected its cursor; reading the slice again and "

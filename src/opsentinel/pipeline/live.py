@@ -102,7 +102,9 @@ class LiveChain:
         while True:
             asked_at = self.p.client.api_now()
             try:
-                page = await self.p.client.fetch_page(stream.spec, pager.next_request(), priority=True)
+                page = await self.p.client.fetch_page(
+                    stream.spec, pager.next_request(), priority=True, admit=self.p.gate(stream.name, "fetch")
+                )
             except CursorRejected as exc:
                 restart = self.restart_point()
                 log.warning(

@@ -187,7 +187,7 @@ class Stream:
             else:
                 held.extend(indexes)
 
-        batch = replace(self.batch(delivery), on_resolved=resolved)
+        batch = replace(self.batch(delivery), on_resolved=resolved, before_send=p.gate(self.name, "upload"))
         try:
             receipt = await asyncio.to_thread(p.sink.write, batch, None)
         except BaseException:

@@ -42,7 +42,9 @@ class Batch:
     dead-lettered (False), so the pipeline can record the acknowledgement before the whole batch is
     done; it may be called from the sink's threads and may raise (StoreError), which fails the write.
     `boundary`, when given, is the stream's first-run boundary: a sink that keeps history apart (the
-    Sentinel sink's history stream) sends events stamped before it there.
+    Sentinel sink's history stream) sends events stamped before it there. `before_send`, when given,
+    is called before every request or write the sink starts for the batch; it raises to stop it
+    (a replica whose ownership of the stream may end before the request would).
     """
 
     log_source: str
@@ -52,6 +54,7 @@ class Batch:
     prepared: Any = None
     on_resolved: Callable[[Sequence[int], bool], None] | None = None
     boundary: datetime | None = None
+    before_send: Callable[[], None] | None = None
 
 
 class Sink(Protocol):

@@ -72,6 +72,8 @@ class JsonlSink:
         payload = b"".join(
             orjson.dumps(row_object(row), option=_OPTIONS) + b"\n" for row in zip(*columns, strict=True)
         )
+        if batch.before_send is not None:
+            batch.before_send()
         with self._lock:
             if self._stdout:
                 self._write_stdout(payload)

@@ -117,9 +117,11 @@ class _Outcome:
         route: _Route,
         positions: Sequence[int],
         on_resolved: Callable[[Sequence[int], bool], None] | None,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         self.log_source = log_source
         self.route = route
+        self.before_send = before_send
         self.positions = positions
         self._on_resolved = on_resolved
         self._lock = threading.Lock()
@@ -376,7 +378,7 @@ class SentinelSink:
                     self._settle(part, failure, outcome)
             return None
         try:
-            outcome.route.uploader.post(body, records=len(chunk))
+            outcome.route.uploader.post(body, records=len(chunk), before=outcome.before_send)
         except Refused as refused:
             return refused.failure
         outcome.accepted_part(chunk)

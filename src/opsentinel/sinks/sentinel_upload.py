@@ -171,14 +171,25 @@ class Uploader:
     def close(self) -> None:
         self._client.close()
 
-    def post(self, body: bytes, *, records: int, fail_fast: bool = False) -> None:
+    def post(
+        self,
+        body: bytes,
+        *,
+        records: int,
+        fail_fast: bool = False,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         """Send the gzipped JSON array `body` (`records` records) until accepted; see the module table.
 
         `fail_fast` (used by check): an unreachable endpoint is a ConfigError at once, not a retry.
+        `before` is called before every try and may raise to stop (a replica that may no longer
+        start an upload).
         """
         attempt = 0
         while True:
             attempt += 1
+            if before is not None:
+                before()
             request_id: list[str] = []
             try:
                 self._client.upload(

@@ -278,10 +278,19 @@ class EventsClient:
             startup=True,
         )
 
-    async def fetch_page(self, stream: StreamSpec, body: dict[str, Any], *, priority: bool = False) -> Page:
+    async def fetch_page(
+        self,
+        stream: StreamSpec,
+        body: dict[str, Any],
+        *,
+        priority: bool = False,
+        admit: Callable[[], None] | None = None,
+    ) -> Page:
         """POST `body` (a cursor or ResetCursor, see CursorPager) to the stream; return the Page.
 
-        `priority` requests (a live cursor's) go before others waiting for the rate limiter.
+        `priority` requests (a live cursor's) go before others waiting for the rate limiter. `admit`
+        is called right before every try is sent (after the rate limiter's wait) and may raise to
+        stop it.
 
         Retries per the policy (a 429 also pauses the shared limiter for every stream). Raises
         AuthError on 401, CursorRejected on 400 to a cursor body, FatalError on any other 400, on
@@ -322,6 +331,7 @@ class EventsClient:
             subject=stream.name,
             startup=False,
             priority=priority,
+            admit=admit,
         )
 
     async def _send(
@@ -355,6 +365,7 @@ class EventsClient:
         subject: str,
         startup: bool,
         priority: bool = False,
+        admit: Callable[[], None] | None = None,
     ) -> T:
         content = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -362,6 +373,8 @@ class EventsClient:
         while True:
             attempt += 1
             await self._limiter.acquire(priority=priority)
+            if admit is not None:
+                admit()
             try:
                 response = await self._send(method, path, content, headers)
             except httpx.TransportError as exc:

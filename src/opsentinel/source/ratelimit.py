@@ -68,6 +68,18 @@ class RateLimiter:
         self._paused_until = float("-inf")
         self._lock: asyncio.Lock | None = None
         self._priority_waiting = 0
+        self._share = 1.0
+
+    @property
+    def share(self) -> float:
+        return self._share
+
+    def set_share(self, share: float) -> None:
+        """Use only this fraction (0-1] of every limit: a replica owning k of an account's n streams
+        takes k/n of the token's budget, so replicas never exceed it together without talking."""
+        if not 0 < share <= 1:
+            raise ValueError(f"a share of the rate limit is in (0, 1], not {share}")
+        self._share = share
 
     @property
     def limits(self) -> tuple[RateLimit, ...]:
@@ -93,7 +105,7 @@ class RateLimiter:
         for limit, sent in zip(self._limits, self._sent, strict=True):
             while sent and sent[0] <= now - limit.period:
                 sent.popleft()
-            room = limit.requests - reserve
+            room = max(1, int(limit.requests * self._share)) - reserve
             if room < 1:
                 room = 1
             if len(sent) >= room:
@@ -110,10 +122,15 @@ class RateLimiter:
             self._lock = asyncio.Lock()
         # Serving waiters one at a time keeps arrival order and wakes one sleeper, not a herd.
         async with self._lock:
+            yielded = False
             while True:
                 now = self._clock()
                 wait = self._wait_needed(now, self._priority_waiting)
                 if wait <= 0:
+                    if self._priority_waiting and not yielded:
+                        yielded = True  # a priority caller woken at this same moment goes first
+                        await asyncio.sleep(0)
+                        continue
                     self._count(now)
                     return
                 await self._sleep(wait)

@@ -77,3 +77,33 @@ def test_invalid_limits_are_refused() -> None:
         RateLimit(0, 60.0)
     with pytest.raises(ValueError):
         RateLimiter([])
+
+
+async def test_priority_callers_go_before_waiting_bulk_ones() -> None:
+    """A live cursor's request that arrives while history slices wait for the budget goes first
+    (on the real clock: the order of wake-ups is what is tested, not the time)."""
+    limiter = RateLimiter([RateLimit(10, 0.3)])
+    order: list[str] = []
+
+    async def call(name: str, priority: bool) -> None:
+        await limiter.acquire(priority=priority)
+        order.append(name)
+
+    await asyncio.gather(*(call(f"slice{i}", False) for i in range(10)))  # the budget is spent
+    bulk = [asyncio.create_task(call(f"late-slice{i}", False)) for i in range(3)]
+    await asyncio.sleep(0.05)  # the slices are waiting for the window
+    live = asyncio.create_task(call("live", True))
+    await asyncio.gather(*bulk, live)
+    assert order[10] == "live", order
+
+
+async def test_a_share_of_the_budget(clock: Any) -> None:
+    limiter = RateLimiter([RateLimit(600, 60.0)], clock=clock, sleep=clock.sleep)
+    limiter.set_share(1 / 3)  # this replica owns one of the account's three streams
+    times: list[float] = []
+    for _ in range(250):
+        await limiter.acquire()
+        times.append(clock.now)
+    assert max_in_window(times, 60.0) == 200
+    with pytest.raises(ValueError, match="share"):
+        limiter.set_share(0)
