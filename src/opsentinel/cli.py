@@ -106,10 +106,12 @@ HistoryStreamOpt = Annotated[
     ),
 ]
 StateOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--state",
-        help="Checkpoint directory for non-DuckDB sinks [env OP_SENTINEL_STATE; default .op-sentinel/]",
+        help="Checkpoints of non-DuckDB sinks: a directory, or an Azure Blob container URL "
+        "(https://ACCOUNT.blob.core.windows.net/CONTAINER) that replicas share [env OP_SENTINEL_STATE; "
+        "default .op-sentinel/]",
     ),
 ]
 PollOpt = Annotated[
@@ -169,16 +171,18 @@ def _settings(config: Path | None, **flags: Any) -> Any:
     from opsentinel.config import load_settings
 
     settings = load_settings(flags, config_path=config)
-    _configure_logging(settings.log_level)
+    # Replicas share one Blob state: every line says which one wrote it.
+    _configure_logging(settings.log_level, settings.replica_id if settings.state_url else None)
     return settings
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, replica: str | None = None) -> None:
     root = logging.getLogger("opsentinel")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
+        who = f" replica={replica}" if replica else ""
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+            logging.Formatter(f"%(asctime)s %(levelname)s{who} %(message)s", "%Y-%m-%dT%H:%M:%S%z")
         )
         root.addHandler(handler)
     root.setLevel(level.upper())

@@ -103,8 +103,10 @@ async def run_async(settings: Settings, *, once: bool, progress: bool) -> int:
     stop = _Stop()
     loop = asyncio.get_running_loop()
     handled = _install_signals(loop, stop)
-    if settings.accounts:
+    if settings.accounts or settings.state_url is not None:
         try:
+            if settings.state_url is not None:
+                return await _run_replica(settings, stop, once=once)
             return await _run_fleet(settings, stop, once=once)
         finally:
             for sig in handled:
@@ -155,6 +157,51 @@ async def _run_fleet(settings: Settings, stop: _Stop, *, once: bool) -> int:
         if failed:
             codes.append(1)
         return max(codes, default=0)
+    finally:
+        await fleet.close()
+
+
+async def _run_replica(settings: Settings, stop: _Stop, *, once: bool) -> int:
+    """`run` with a Blob state: this process is one replica among any number (see replicas)."""
+    import httpx
+
+    from opsentinel.checkpoints.blob import BlobCheckpointStore
+    from opsentinel.checkpoints.leases import LeaseManager
+    from opsentinel.fleet import Fleet
+    from opsentinel.replicas import Replica
+
+    # Short timeouts: a request is started only with the lease's time left for it to end (replicas).
+    fleet = await Fleet.start(
+        settings,
+        sink_options={"timeout": 10.0, "connect_timeout": 5.0} if settings.sink == "sentinel" else {},
+        timeout=httpx.Timeout(10.0, connect=5.0),
+    )
+    try:
+        store = fleet.shared.store
+        assert isinstance(store, BlobCheckpointStore)
+        replica = Replica(fleet, LeaseManager(store.state, settings.replica_id))
+        log.info("replica %s on %s", settings.replica_id, store.state.location)
+        if not once:
+            await replica.run_forever(stop)
+            return 0
+        outcomes = await replica.run_once(stop)
+        failed = 0
+        for unit, result, owner in sorted(outcomes, key=lambda o: o[0].key):
+            account = unit.key[0]
+            if result is None:
+                print(f"{unit.spec.name:<15} {account}  skipped: replica {owner} holds it", file=sys.stderr)
+                continue
+            state = f"FAILED: {result.error}" if result.error else "stopped" if result.stopped else "ok"
+            failed += bool(result.error)
+            print(f"{unit.spec.name:<15} {account}  {result.events:>9,} events  {state}", file=sys.stderr)
+        not_started = [run for run in fleet.accounts if run.connector is None]
+        for run in not_started:
+            print(f"error: account {run.name} could not start ({run.error})", file=sys.stderr)
+        if failed or not_started:
+            return 1
+        if stop.is_set() and stop.signal is not None:
+            return 128 + int(stop.signal)
+        return 0
     finally:
         await fleet.close()
 

@@ -12,13 +12,15 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+import httpx
+
 from opsentinel.config import Settings
 from opsentinel.destination import Destination, open_destination
 from opsentinel.errors import AuthError, OpSentinelError, StoreError
 from opsentinel.events import Introspection
 from opsentinel.pipeline import Pipeline, StreamResult
 from opsentinel.source.baseurl import base_url_from_token, validate_base_url
-from opsentinel.source.client import DEFAULT_USER_AGENT, EventsClient
+from opsentinel.source.client import DEFAULT_TIMEOUT, DEFAULT_USER_AGENT, EventsClient
 from opsentinel.source.ratelimit import RateLimiter
 from opsentinel.source.retry import STARTUP_RETRY, RetryPolicy
 from opsentinel.source.token import ApiToken
@@ -108,6 +110,7 @@ class Connector:
         retry: RetryPolicy | None = None,
         startup_retry: RetryPolicy | None = None,
         lock: bool = True,
+        timeout: httpx.Timeout | None = None,
     ) -> Connector:
         """Validate the base URL and token (introspect), choose streams, open the destination.
 
@@ -126,6 +129,7 @@ class Connector:
             startup_retry=startup_retry if startup_retry is not None else STARTUP_RETRY_POLICY,
             verify=verify,  # type: ignore[arg-type]
             user_agent=f"{DEFAULT_USER_AGENT} replica/{settings.replica_id}",
+            timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
         )
         await client.__aenter__()
         dest: Destination | None = None

@@ -6,9 +6,10 @@ JSONL sinks keep checkpoints and status as files in the state directory (`--stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from opsentinel.config import Settings
 from opsentinel.errors import ConfigError
@@ -33,6 +34,9 @@ class Destination:
     label: str
     ledgers: LedgerStore | None = None
     writer: WriterLock | None = None
+    owns_store: bool = True  # False for a view that shares another Destination's store
+    # With a Blob state a replica writes the status of the streams it holds only (see replicas).
+    holds: Callable[[str, str], bool] | None = None
 
     def describe(self) -> str:
         return self.label
@@ -46,6 +50,8 @@ class Destination:
         """Persist each stream's health so `op-sentinel status` (another process) can show it."""
         now = telemetry.clock()
         for health in list(telemetry.health.values()):
+            if self.holds is not None and not self.holds(account, health.stream):
+                continue
             lag = health.lag(now)
             self.status.write_status(
                 StreamStatus(
@@ -62,6 +68,9 @@ class Destination:
     def close(self) -> None:
         try:
             self.sink.close()
+            close_store = getattr(self.store, "close", None)
+            if self.owns_store and self.store is not cast(object, self.sink) and callable(close_store):
+                close_store()
         finally:
             if self.writer is not None:
                 self.writer.release()
@@ -90,6 +99,9 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
         _make_parent_dirs(settings.db)
         store = DuckDBStore(settings.db)
         return Destination(store, store, store, f"duckdb {settings.db}", writer=store.writer_lock())
+
+    if settings.state_url is not None:
+        return _blob_destination(settings, **sink_options)
 
     from opsentinel.checkpoints_file import FileCheckpointStore
 
@@ -121,6 +133,29 @@ def open_destination(settings: Settings, **sink_options: Any) -> Destination:
         ledgers=files,
         writer=files.writer_lock(),
     )
+
+
+def _blob_destination(settings: Settings, **sink_options: Any) -> Destination:
+    """A sink with its checkpoints, status and ledgers in a Blob container (replicas share it; the
+    leases, not a file lock, keep one writer per stream: see replicas)."""
+    from opsentinel.checkpoints.blob import BlobCheckpointStore
+
+    assert settings.state_url is not None
+    store = BlobCheckpointStore.open(settings.state_url)
+    try:
+        store.ensure_writable()
+        if settings.sink == "jsonl":
+            from opsentinel.sinks.jsonl import JsonlSink
+
+            sink: Sink = JsonlSink(settings.jsonl_path)
+            label = f"jsonl {settings.jsonl_path}"
+        else:
+            sink = sentinel_sink(settings, settings.state_dir, **sink_options)
+            label = f"sentinel {settings.dce} {settings.dcr_id} {settings.stream}"
+    except BaseException:
+        store.close()
+        raise
+    return Destination(sink, store, store, f"{label} (state {store.state.location})", ledgers=store)
 
 
 def sentinel_sink(settings: Settings, dead_letter_dir: Path, **options: Any) -> SentinelSink:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,13 +57,17 @@ class Fleet:
     accounts: list[AccountRun]
     shared: Destination
     options: dict[str, Any] = field(default_factory=dict)  # passed on to Connector.start
+    sink_options: dict[str, Any] = field(default_factory=dict)  # passed on to every sink
     sinks: dict[tuple[Any, ...], Destination] = field(default_factory=dict)
 
     @classmethod
-    async def start(cls, settings: Settings, **connector_options: Any) -> Fleet:
+    async def start(
+        cls, settings: Settings, *, sink_options: dict[str, Any] | None = None, **connector_options: Any
+    ) -> Fleet:
         """Open the shared store (taking its lock) and start every account. Raises only when no
-        account could start at all."""
-        shared = open_destination(settings)
+        account could start at all. `sink_options` go to every sink, `connector_options` to
+        Connector.start."""
+        shared = open_destination(settings, **(sink_options or {}))
         try:
             shared.lock()
         except BaseException:
@@ -73,7 +78,7 @@ class Fleet:
         except BaseException:
             shared.close()
             raise
-        fleet = cls(settings, runs, shared, connector_options)
+        fleet = cls(settings, runs, shared, connector_options, sink_options or {})
         try:
             await asyncio.gather(*(fleet._start(run) for run in fleet.accounts))
             if not any(run.connector for run in fleet.accounts):
@@ -93,12 +98,18 @@ class Fleet:
             self.settings.stream,
             self.settings.history_stream,
         ):
-            return Destination(self.shared.sink, self.shared.store, self.shared.status, self.shared.label,
-                               self.shared.ledgers)  # fmt: skip
+            return Destination(
+                self.shared.sink,
+                self.shared.store,
+                self.shared.status,
+                self.shared.label,
+                self.shared.ledgers,
+                owns_store=False,
+            )
         if key not in self.sinks:
             from opsentinel.destination import sentinel_sink
 
-            sink = sentinel_sink(account, account.state_dir)
+            sink = sentinel_sink(account, account.state_dir, **self.sink_options)
             label = f"sentinel {account.dce} {account.dcr_id} {account.stream}"
             self.sinks[key] = Destination(
                 sink, self.shared.store, self.shared.status, label, self.shared.ledgers
@@ -153,6 +164,15 @@ class Fleet:
                 task.cancel()
 
     async def _account_forever(self, run: AccountRun, stop: asyncio.Event) -> None:
+        await self.until_started(run, stop)
+        if run.connector is not None and not stop.is_set():
+            await run.connector.run_forever(stop)
+
+    async def until_started(
+        self, run: AccountRun, stop: asyncio.Event, started: Callable[[AccountRun], None] | None = None
+    ) -> None:
+        """Try an account that could not start again, with a growing pause, until it runs (then
+        call `started`) or `stop` is set; its streams get failing health rows meanwhile."""
         while not stop.is_set() and run.connector is None:
             await self._failing_health()
             pause = min(MAX_RESTART_PAUSE, RESTART_PAUSE * 2 ** max(0, run.failures - 1))
@@ -160,8 +180,8 @@ class Fleet:
                 await asyncio.wait_for(stop.wait(), timeout=pause)
             except TimeoutError:
                 await self._start(run)
-        if run.connector is not None and not stop.is_set():
-            await run.connector.run_forever(stop)
+        if run.connector is not None and started is not None:
+            started(run)
 
     async def _failing_health(self) -> None:
         """A `failing` health row for each stream of each account that could not start."""

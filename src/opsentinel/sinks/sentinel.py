@@ -37,6 +37,7 @@ from opsentinel.sinks.sentinel_chunks import MAX_REQUEST_BYTES, Chunk, plan_chun
 from opsentinel.sinks.sentinel_deadletter import DeadLetterFile
 from opsentinel.sinks.sentinel_errors import Failure, credential_message
 from opsentinel.sinks.sentinel_upload import (
+    CONNECT_TIMEOUT,
     DEFAULT_AUDIENCE,
     DEFAULT_UPLOAD_RETRY,
     Refused,
@@ -182,6 +183,7 @@ class SentinelSink:
         audience: str = DEFAULT_AUDIENCE,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         history_stream: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -213,6 +215,7 @@ class SentinelSink:
                 timeout=timeout,
                 pool_size=max(max_concurrency, 4),
                 history=history,
+                connect_timeout=connect_timeout,
             )
 
         self._main = _Route(self.stream_name, uploader(self.stream_name))

@@ -140,6 +140,7 @@ class Uploader:
         timeout: float = 60.0,
         pool_size: int = 4,
         history: bool = False,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.endpoint = endpoint
         self.dcr_id = dcr_id
@@ -154,7 +155,7 @@ class Uploader:
             session=session,
             session_owner=True,
             connection_verify=True if connection_verify is None else connection_verify,
-            connection_timeout=CONNECT_TIMEOUT,
+            connection_timeout=connect_timeout,
             read_timeout=timeout,
         )
         self._client = LogsIngestionClient(
