@@ -348,6 +348,30 @@ def resend_dead_letters(
     raise typer.Exit(run_resend(settings))
 
 
+@app.command("break-lease")
+def break_lease(
+    account: Annotated[str, typer.Option("--account", help="The account's uuid (as `status` shows it)")],
+    stream: Annotated[str, typer.Option("--stream", help="auditevents, signinattempts or itemusages")],
+    config: ConfigOpt = None,
+    state: StateOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Free a stuck (account, stream) of a Blob state now: its holder loses it and stops sending for
+    it; any replica can take it at its next balance."""
+    from opsentinel.checkpoints.blobaccess import BlobState
+    from opsentinel.checkpoints.leases import Leases
+
+    settings = _settings(config, state=state, sink="jsonl", log_level=log_level)
+    if settings.state_url is None:
+        raise UserError("break-lease needs --state with a Blob container URL (leases exist only there)")
+    blob = BlobState.open(settings.state_url)
+    try:
+        owner = Leases(blob, settings.replica_id).break_lease(account, stream)
+    finally:
+        blob.close()
+    print(f"broke the lease of {stream} (account {account}); its holder was {owner or 'unknown'}")
+
+
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL to run against the DuckDB store (read-only)")],

@@ -34,6 +34,11 @@ class StreamView:
     duplicates: int = 0
     dead_lettered: int = 0
     history: tuple[int, int] | None = None  # (slices done, slices) while a first run reads history
+    owner: str | None = None  # with a Blob state: the replica that holds (or last held) the unit
+    lease: str | None = None  # with a Blob state: the unit's lease state (leased, available, ...)
+
+
+Key = tuple[str, str]
 
 
 def collect(settings: Settings) -> list[StreamView]:
@@ -44,9 +49,14 @@ def collect(settings: Settings) -> list[StreamView]:
         if not settings.db.exists():
             raise StoreError(f"no store at {settings.db} (run `op-sentinel run` first, or pass --db)")
         summary = read_summary(settings.db)
-        return _views(
-            summary.checkpoints, summary.statuses, summary.rows_by_stream, summary.newest_event_time
-        )
+        cps = summary.checkpoints
+        if len({c.account for c in cps}) <= 1:  # the table's own counts (rows stored before too)
+            rows = {(c.account, c.stream): summary.rows_by_stream.get(c.stream, 0) for c in cps}
+            newest = {(c.account, c.stream): summary.newest_event_time.get(c.stream) for c in cps}
+            return _views(cps, summary.statuses, rows, newest)
+        return _views(cps, summary.statuses, *_from_checkpoints(cps))
+    if settings.state_url is not None:
+        return _blob_views(settings.state_url)
     from opsentinel.checkpoints_file import FileCheckpointStore
 
     if not settings.state_dir.exists():
@@ -55,16 +65,43 @@ def collect(settings: Settings) -> list[StreamView]:
         )
     files = FileCheckpointStore(settings.state_dir)
     checkpoints = files.list()
-    rows = {c.stream: c.events_delivered for c in checkpoints}
-    newest = {c.stream: c.newest_event_time for c in checkpoints}
-    return _views(checkpoints, files.read_statuses(), rows, newest)
+    return _views(checkpoints, files.read_statuses(), *_from_checkpoints(checkpoints))
+
+
+def _from_checkpoints(checkpoints: list[Checkpoint]) -> tuple[dict[Key, int], dict[Key, datetime | None]]:
+    rows = {(c.account, c.stream): c.events_delivered for c in checkpoints}
+    newest = {(c.account, c.stream): c.newest_event_time for c in checkpoints}
+    return rows, newest
+
+
+def _blob_views(url: str) -> list[StreamView]:
+    """Every unit of a Blob state from one listing (owner, lease, status) and its checkpoint."""
+    from dataclasses import replace
+
+    from opsentinel.checkpoints.blob import BlobCheckpointStore
+    from opsentinel.checkpoints.membership import read_membership
+
+    store = BlobCheckpointStore.open(url)
+    try:
+        membership = read_membership(store.state)
+        checkpoints = store.list()
+    finally:
+        store.close()
+    statuses = [u.status for u in membership.units if u.status is not None]
+    views = _views(checkpoints, statuses, *_from_checkpoints(checkpoints))
+    units = {(u.account, u.stream): u for u in membership.units}
+    out = []
+    for view in views:
+        unit = units.get((view.account, view.stream))
+        out.append(view if unit is None else replace(view, owner=unit.owner, lease=unit.lease_state))
+    return out
 
 
 def _views(
     checkpoints: list[Checkpoint],
     statuses: list[StreamStatus],
-    rows: dict[str, int],
-    newest: dict[str, datetime | None],
+    rows: dict[Key, int],
+    newest: dict[Key, datetime | None],
 ) -> list[StreamView]:
     by_key = {(s.account, s.stream): s for s in statuses}
     keys = sorted({(c.account, c.stream) for c in checkpoints} | set(by_key))
@@ -78,8 +115,8 @@ def _views(
                 account=account,
                 stream=stream,
                 checkpoint_at=cp.updated_at if cp else None,
-                newest_event=newest.get(stream) or (cp.newest_event_time if cp else None),
-                rows=rows.get(stream, 0),
+                newest_event=newest.get((account, stream)) or (cp.newest_event_time if cp else None),
+                rows=rows.get((account, stream), 0),
                 last_success=st.last_success if st else None,
                 last_error=st.last_error if st else None,
                 last_error_at=st.last_error_at if st else None,
@@ -125,6 +162,8 @@ def _json(view: StreamView, now: datetime) -> dict[str, Any]:
         "history": None
         if view.history is None
         else {"slices_done": view.history[0], "slices": view.history[1]},
+        "owner": view.owner,
+        "lease": view.lease,
     }
 
 
@@ -140,12 +179,14 @@ def print_status(settings: Settings, output_format: str) -> None:
         print("no stream has run yet")
         return
     table = Table(title=None, show_lines=False)
+    replicas = any(v.lease is not None for v in views)
     headers = ("stream", "checkpoint", "newest event", "rows", "duplicates", "dead letters", "history")
-    for header in (*headers, "last success", "last error"):
+    for header in (*headers, "last success", "last error", *(("owner", "lease") if replicas else ())):
         table.add_column(header)
     for v in views:
         error = f"{v.last_error} ({_age(v.last_error_at, now)})" if v.last_error else "-"
         history = "complete" if v.history is None else f"{v.history[0]}/{v.history[1]} slices"
+        owner = (v.owner or "-", v.lease or "-") if replicas else ()
         table.add_row(
             v.stream,
             _age(v.checkpoint_at, now),
@@ -156,6 +197,7 @@ def print_status(settings: Settings, output_format: str) -> None:
             history,
             _age(v.last_success, now),
             error,
+            *owner,
         )
     Console(width=max(170, Console().width)).print(table)
     accounts = sorted({v.account for v in views})
