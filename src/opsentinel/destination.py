@@ -62,6 +62,8 @@ class Destination:
                     last_error_at=health.last_error_at,
                     lag_seconds=lag.total_seconds() if lag is not None else None,
                     rows_stored=health.events_total,
+                    health_at=health.health_at,
+                    health_category=health.health_category,
                 )
             )
 

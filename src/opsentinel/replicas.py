@@ -77,7 +77,12 @@ class Replica:
         balance_every: float = BALANCE_EVERY,
         min_fetch_window: float = MIN_FETCH_WINDOW,
         min_upload_window: float = MIN_UPLOAD_WINDOW,
+        health: str = "always",
     ) -> None:
+        """`health`: "always" writes a health row per stream at the end of `run_once`; "due" only
+        when its state changed or the last one (kept in the unit's status) is older than the health
+        interval (a short-lived host polling every minute)."""
+        self.health = health
         self.fleet = fleet
         self.manager = manager
         self.replica_id = manager.replica_id
@@ -119,10 +124,18 @@ class Replica:
 
     # -- run --once ------------------------------------------------------------------------------
 
-    async def run_once(self, stop: asyncio.Event) -> list[tuple[Unit, StreamResult | None, str | None]]:
-        """Drain every unit this replica can lease, once. A unit another replica holds is skipped
-        with a warning naming that replica: (unit, None, owner)."""
+    async def run_once(
+        self, stop: asyncio.Event, only: set[tuple[str, str]] | None = None
+    ) -> list[tuple[Unit, StreamResult | None, str | None]]:
+        """Drain every unit this replica can lease, once (of `only`: (account name or uuid, stream)
+        pairs, when given). A unit another replica holds is skipped with a warning naming that
+        replica: (unit, None, owner)."""
         out: list[tuple[Unit, StreamResult | None, str | None]] = []
+
+        def wanted(unit: Unit) -> bool:
+            if only is None:
+                return True
+            return (unit.key[0], unit.spec.name) in only or (unit.run.name, unit.spec.name) in only
 
         async def one(unit: Unit) -> None:
             try:
@@ -137,21 +150,50 @@ class Replica:
             relay = asyncio.create_task(_relay(stop, held.stop))
             try:
                 result = await held.task
+                await self._write_health(unit)  # while it is held: its status records the row
             except asyncio.CancelledError:
                 if not held.lease.is_lost:
                     raise
                 result = StreamResult(unit.spec.name, error=f"the lease was lost: {held.lease.lost_reason}")
             finally:
                 relay.cancel()
-                await self._release(held, forget=False)  # its health row is written below
+                await self._release(held)
             out.append((unit, result, None))
 
+        worked = [unit for unit in self.units() if wanted(unit)]
+        if self.health == "due":
+            await self._recall_health(worked)
         try:
-            await asyncio.gather(*(one(unit) for unit in self.units()))
-            await asyncio.gather(*(run.connector.pipeline.write_health() for run in self.fleet.running))  # type: ignore[union-attr]
+            await asyncio.gather(*(one(unit) for unit in worked))
         finally:
             await self.manager.close()
         return out
+
+    async def _recall_health(self, units: Sequence[Unit]) -> None:
+        """What the units' stored statuses say of their last health rows (for "due" health)."""
+        membership = await self.manager.membership()
+        stored = {(u.account, u.stream): u.status for u in membership.units if u.status is not None}
+        for unit in units:
+            status = stored.get(unit.key)
+            if status is None or unit.run.connector is None:
+                continue
+            health = unit.run.connector.pipeline.telemetry._stream(unit.spec.name)
+            health.health_at, health.health_category = status.health_at, status.health_category
+
+    async def _write_health(self, unit: Unit) -> None:
+        """The unit's health row (in "due" mode only when due), then its status, which records it."""
+        connector = unit.run.connector
+        assert connector is not None
+        telemetry = connector.pipeline.telemetry
+        health = telemetry.health.get(unit.spec.name)
+        if health is None:
+            return
+        if self.health == "due" and not health.health_due(
+            telemetry.clock(), unit.run.settings.health_interval
+        ):
+            return
+        await connector.pipeline.write_health({unit.spec.name})
+        await connector.record_status()
 
     async def _drain(self, held: _Held) -> StreamResult:
         connector = held.unit.run.connector

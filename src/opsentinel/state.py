@@ -83,6 +83,8 @@ class StreamStatus:
     one-line text and time (kept after a later success, so `status` can show what happened);
     `lag_seconds`: how far the newest delivered event is behind the clock; `rows_stored`: rows the
     sink holds (or has accepted) for the stream. `updated_at` is set by the store when None.
+    `health_at` / `health_category`: the last health row written (kept by the file and Blob stores, so
+    short-lived hosts write one only when due).
     """
 
     account: str
@@ -93,6 +95,8 @@ class StreamStatus:
     lag_seconds: float | None = None
     rows_stored: int = 0
     updated_at: datetime | None = None
+    health_at: datetime | None = None  # when a health row was last written, and its category
+    health_category: str | None = None
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -94,6 +94,16 @@ class StreamHealth:
     dead_lettered: int = 0
     backfilling: bool = False
     failing: bool = False
+    health_at: datetime | None = None  # the last health row written for the stream, and its category
+    health_category: str | None = None
+
+    def health_due(self, now: datetime, interval: timedelta) -> bool:
+        """Whether a health row is due: none written yet, the category changed, or the interval passed."""
+        return (
+            self.health_at is None
+            or self.health_category != self.category
+            or now - self.health_at >= interval
+        )
 
     def lag(self, now: datetime) -> timedelta | None:
         return None if self.last_success is None else now - self.last_success
@@ -190,11 +200,14 @@ class Telemetry:
         changed, self._changed = self._changed, False
         return changed
 
-    def health_records(self) -> list[dict[str, Any]]:
-        """One `healthevents` record per stream, in the raw-event shape every sink maps."""
+    def health_records(self, streams: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """One `healthevents` record per stream (of `streams`, when given), in the raw-event shape
+        every sink maps."""
         now = self.clock()
         records = []
         for h in self.health.values():
+            if streams is not None and h.stream not in streams:
+                continue
             lag = h.lag(now)
             records.append(
                 {
@@ -221,3 +234,11 @@ class Telemetry:
                 }
             )
         return records
+
+    def health_written(self, records: list[dict[str, Any]]) -> None:
+        """Remember that these health records were stored (see StreamHealth.health_due)."""
+        for record in records:
+            h = self.health.get(str(record["type"]))
+            if h is not None:
+                h.health_at = self.clock()
+                h.health_category = str(record["category"])

@@ -138,6 +138,8 @@ def status_json(st: StreamStatus) -> dict[str, Any]:
         "lag_seconds": st.lag_seconds,
         "rows_stored": st.rows_stored,
         "updated_at": time_text(st.updated_at),
+        "health_at": time_text(st.health_at),
+        "health_category": st.health_category,
     }
 
 
@@ -155,6 +157,8 @@ def status_from_json(data: dict[str, Any], where: str) -> StreamStatus:
             lag_seconds=None if lag is None else float(lag),
             rows_stored=_typed(data, "rows_stored", int),
             updated_at=_time(data, "updated_at"),
+            health_at=_time(data, "health_at"),
+            health_category=_optional(data, "health_category", str),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"{where} is corrupt ({exc}); fix or remove it") from exc

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -210,16 +210,19 @@ class Pipeline:
             return receipt.checkpoint
         return await asyncio.to_thread(self.store.commit, checkpoint)
 
-    async def write_health(self) -> None:
-        """Write one `healthevents` row per stream. A failure is logged, never raised: health rows are
-        best effort, and their absence is exactly what the Log Ingestion Failure rule alerts on."""
-        records = self.telemetry.health_records()
+    async def write_health(self, streams: Collection[str] | None = None) -> None:
+        """Write one `healthevents` row per stream (of `streams`, when given). A failure is logged,
+        never raised: health rows are best effort, and their absence is exactly what the Log
+        Ingestion Failure rule alerts on."""
+        records = self.telemetry.health_records(streams)
         if not records:
             return
         try:
             await asyncio.to_thread(self.sink.write, Batch(HEALTH_LOG_SOURCE, records, self.clock()), None)
         except OpSentinelError as exc:
             log.warning("could not write health rows: %s", exc)
+            return
+        self.telemetry.health_written(records)
 
 
 def _drained(result: StreamResult, *, backfilling: bool) -> StreamDrained:
