@@ -78,7 +78,7 @@ class LiveChain:
             except asyncio.CancelledError:
                 drained = False
         if drained:
-            self._prune_ledger()
+            await asyncio.to_thread(self._prune_ledger)  # may rewrite the ledger (a file, or a blob)
         return drained
 
     async def _fetch(self, queue: asyncio.Queue[Delivery | None], stop: asyncio.Event) -> bool:
