@@ -1,4 +1,4 @@
-"""The benchmark command: `python -m bench [all|backfill|pipeline|memory|sentinel] [--quick] [options]`."""
+"""The benchmark command: `python -m bench [all|BENCHMARK] [--quick] [options]` (see `BENCHMARKS`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bench import backfill, machine, memory, pipeline, runs, sentinel
+from bench import backfill, machine, memory, pipeline, prerendered, runs, sentinel
 from bench.runs import parse_count
 from bench.simproc import BenchError
 from bench.table import Table
 
-BENCHMARKS = ("backfill", "pipeline", "memory", "sentinel")
+BENCHMARKS = ("prerendered", "backfill", "pipeline", "memory", "sentinel")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Sizes:
     repeat: int
     sizes: str
     sentinel_events: int
+    prerendered: str
+    prerendered_repeat: int
 
 
 FULL = Sizes(
@@ -36,6 +38,8 @@ FULL = Sizes(
     repeat=2,
     sizes="100k,1M,2M",
     sentinel_events=200_000,
+    prerendered="200k,2M",
+    prerendered_repeat=3,
 )
 QUICK = Sizes(
     pages=10,
@@ -44,13 +48,18 @@ QUICK = Sizes(
     repeat=1,
     sizes="10k,20k",
     sentinel_events=10_000,
+    prerendered="6k",
+    prerendered_repeat=1,
 )
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="op-sentinel benchmarks: backfill pages/s, pipeline events/s, peak RSS, Sentinel sink.",
+        description=(
+            "op-sentinel benchmarks: run --once vs download-only on a pre-rendered server, backfill "
+            "pages/s, pipeline events/s, peak RSS, Sentinel sink."
+        ),
     )
     p.add_argument("which", nargs="?", default="all", choices=("all", *BENCHMARKS))
     p.add_argument(
@@ -79,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         help="op-sentinel's --backfill-workers for every op-sentinel run (0: one cursor) [its default]",
     )
     p.add_argument(
+        "--prerendered-sizes",
+        help=f"prerendered: events over the three streams, comma-separated [full {FULL.prerendered}]",
+    )
+    p.add_argument(
+        "--prerendered-repeat",
+        type=int,
+        help=f"prerendered: runs of each side, median kept [full {FULL.prerendered_repeat}]",
+    )
+    p.add_argument(
         "--sentinel-events", type=parse_count, help=f"sentinel: events [full {FULL.sentinel_events:,}]"
     )
     return p
@@ -88,6 +106,10 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Table]]
     d = QUICK if args.quick else FULL
     latencies = [float(x) for x in (args.latencies or d.latencies).split(",") if x.strip()]
     jobs: dict[str, Callable[[], list[Table]]] = {
+        "prerendered": lambda: prerendered.run(
+            sizes=memory.parse_sizes(args.prerendered_sizes or d.prerendered),
+            repeat=args.prerendered_repeat or d.prerendered_repeat,
+        ),
         "backfill": lambda: backfill.run(pages=args.pages or d.pages, latencies_ms=latencies),
         "pipeline": lambda: pipeline.run(
             events=args.pipeline_events or d.pipeline_events, repeat=args.repeat or d.repeat

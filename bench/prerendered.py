@@ -1,0 +1,223 @@
+"""`run --once` against download-only on a pre-rendered, zero-latency server (issue 13).
+
+For each size (events over the three streams), one `bench.prerendered_server` child holds every
+event's JSON, built before the clock starts. Then, alternating, `repeat` times each:
+
+- `download only`: `python -m bench.download`, a plain sequential client (http.client + orjson,
+  one stream after another, parse and discard), as its own process. The 1.00x reference;
+- `op-sentinel run --once`: the console script `op-sentinel run --once` into a fresh DuckDB file,
+  all three streams, the command's defaults (backfill slices and all). When a size needs more
+  requests than the command's 590-per-minute budget allows in one burst, it runs as
+  `python -m bench.cli_unlimited` (the same command with that budget lifted) so that the figure is
+  not the rate limit's.
+
+Both run under `bench.peakrss`, so seconds include interpreter start-up and imports on both sides,
+and peak RSS is each process's own. After every op-sentinel run the store is checked: each stream
+holds exactly the events the server has, and no (log_source, uuid_s) twice.
+
+Goal (issue 13): run --once <= 1.5x download-only (2.0x at the least), at 200k and at 2M; peak RSS
+under 300 MB at 2M.
+"""
+
+# ruff: noqa: S608  (SQL here is built from the table-name constant only)
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from bench.memory import child_env, cli_command, run_child
+from bench.runs import short_count
+from bench.simproc import BenchError, ServerProcess
+from bench.table import Table, count, num, progress
+from opsentinel.schema import TABLE_NAME
+from opsentinel.streams import STREAM_NAMES
+from opsentinel.timefmt import format_rfc3339
+
+GOAL = 1.5
+LEAST = 2.0
+DAYS = 7.0
+BURST = 500  # requests op-sentinel may send at once within its 590/min budget (with a margin)
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_rss_mb: float
+
+
+def _server(events: int, workdir: Path) -> ServerProcess:
+    token_file = workdir / f"prerendered-token-{events}"
+    args = [
+        sys.executable,
+        "-m",
+        "bench.prerendered_server",
+        "--events",
+        str(events),
+        "--days",
+        str(DAYS),
+        "--token-file",
+        str(token_file),
+    ]
+    # Building the events takes ~12 us each before the server answers.
+    return ServerProcess(
+        args, token_file, ready_line="ready", start_timeout=60 + events / 20_000, env=child_env()
+    )
+
+
+def _download(server: ServerProcess) -> list[str]:
+    since = format_rfc3339(datetime.now(UTC) - timedelta(days=DAYS + 1))
+    return [
+        sys.executable,
+        "-m",
+        "bench.download",
+        "--base-url",
+        server.base_url,
+        "--token-file",
+        str(server.token_file),
+        "--since",
+        since,
+    ]
+
+
+def _op_sentinel(server: ServerProcess, db: Path, *, lifted: bool) -> list[str]:
+    command = [sys.executable, "-m", "bench.cli_unlimited"] if lifted else cli_command()
+    return [
+        *command,
+        "run",
+        "--once",
+        "--base-url",
+        server.base_url,
+        "--token-file",
+        str(server.token_file),
+        "--db",
+        str(db),
+        "--lookback",
+        f"{int(DAYS) + 1}d",
+        "--no-progress",
+        "--log-level",
+        "warning",
+    ]
+
+
+def _measure(command: list[str], workdir: Path, timeout: float, what: str) -> Sample:
+    child = run_child(command, timeout=timeout, cwd=workdir)
+    if child.returncode != 0:
+        tail = " | ".join(child.stderr.strip().splitlines()[-3:])
+        raise BenchError(f"{what} exited {child.returncode}: {tail}")
+    return Sample(child.seconds, child.peak_rss_mb)
+
+
+def check_store(db: Path, per_stream: dict[str, int]) -> str | None:
+    """None when every stream holds exactly its events, once; else what is wrong."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            f'SELECT log_source, count(*), count(DISTINCT uuid_s) FROM "{TABLE_NAME}" '
+            "WHERE log_source <> 'healthevents' GROUP BY 1"
+        ).fetchall()
+    stored = {source: (n, distinct) for source, n, distinct in rows}
+    problems = []
+    for stream, expected in per_stream.items():
+        n, distinct = stored.get(stream, (0, 0))
+        if n != expected or distinct != n:
+            problems.append(f"{stream}: {n} rows ({distinct} distinct) of {expected}")
+    return "; ".join(problems) or None
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def run(*, sizes: list[int], repeat: int) -> list[Table]:
+    table = Table(
+        f"prerendered: run --once vs download-only, pre-rendered server, 0 ms latency (median of {repeat})",
+        ["events", "client", "seconds", "min-max s", "events/s", "peak RSS MB", "x download-only", "ratios"],
+    )
+    verdicts = []
+    any_lifted = False
+    with tempfile.TemporaryDirectory(prefix="bench-prerendered-") as tmp:
+        workdir = Path(tmp)
+        for size in sizes:
+            lifted = size / 1000 + 60 > BURST
+            any_lifted = any_lifted or lifted
+            per_stream = dict.fromkeys(STREAM_NAMES, size // len(STREAM_NAMES))
+            for i in range(size % len(STREAM_NAMES)):
+                per_stream[STREAM_NAMES[i]] += 1
+            downloads: list[Sample] = []
+            runs: list[Sample] = []
+            started = time.perf_counter()
+            with _server(size, workdir) as server:
+                progress(
+                    f"prerendered {short_count(size)}: server ready in {time.perf_counter() - started:.0f} s"
+                )
+                timeout = 120 + size / 2000
+                for attempt in range(repeat):
+                    sample = _measure(_download(server), workdir, timeout, "the download-only client")
+                    downloads.append(sample)
+                    db = workdir / f"prerendered-{size}-{attempt}.duckdb"
+                    run_sample = _measure(
+                        _op_sentinel(server, db, lifted=lifted), workdir, timeout, "run --once"
+                    )
+                    runs.append(run_sample)
+                    problem = check_store(db, per_stream)
+                    if problem:
+                        raise BenchError(
+                            f"run --once for {short_count(size)} events stored wrongly: {problem}"
+                        )
+                    for path in workdir.glob(f"{db.name}*"):
+                        path.unlink()
+                    progress(
+                        f"prerendered {short_count(size)} #{attempt + 1}: download {sample.seconds:.2f} s, "
+                        f"run --once {run_sample.seconds:.2f} s "
+                        f"({run_sample.seconds / sample.seconds:.2f}x), "
+                        f"peak RSS {run_sample.peak_rss_mb:.0f} MB"
+                    )
+            reference = statistics.median(s.seconds for s in downloads)
+            ratios = [r.seconds / d.seconds for r, d in zip(runs, downloads, strict=True)]
+            label = "op-sentinel run --once -> DuckDB" + (" (limit lifted)" if lifted else "")
+            for name, samples, shown in (
+                ("download only (http.client + orjson)", downloads, None),
+                (label, runs, ratios),
+            ):
+                seconds = [s.seconds for s in samples]
+                median = statistics.median(seconds)
+                table.add(
+                    count(size),
+                    name,
+                    num(median, 2),
+                    _spread(seconds),
+                    count(round(size / median)),
+                    num(max(s.peak_rss_mb for s in samples)),
+                    f"{median / reference:.2f}",
+                    " ".join(f"{r:.2f}" for r in shown) if shown else "-",
+                )
+            ratio = statistics.median(runs[i].seconds for i in range(repeat)) / reference
+            verdict = (
+                "meets" if ratio <= GOAL else ("within the least accepted" if ratio <= LEAST else "MISSES")
+            )
+            verdicts.append(f"{short_count(size)}: {ratio:.2f}x ({verdict})")
+    table.notes.append(
+        f"goal run --once <= {GOAL:g}x download-only ({LEAST:g}x at the least): " + "; ".join(verdicts)
+    )
+    table.notes.append(
+        "each run a separate process (seconds include start-up); ratios = each run --once over the "
+        "download run just before it; every run's store checked: each event once."
+    )
+    if any_lifted:
+        table.notes.append(
+            "limit lifted = python -m bench.cli_unlimited: the command with its 590/min budget lifted "
+            "(more requests than one burst allows)."
+        )
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "unknown"
+    table.notes.append(f"load at the end: {load} (1, 5, 15 min)")
+    return [table]
