@@ -56,7 +56,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -306,6 +306,17 @@ class DuckDBStore:
         self.last_inserted, self.last_duplicates = done.inserted, done.duplicates
         return done.stored
 
+    def merge(self, batches: Sequence[Batch]) -> Batch:
+        """Several batches of one log_source (pages of one stream, in order) as one batch, for one
+        `write` with the checkpoint that follows the last of them. Prepared rows are reused."""
+        if len({b.log_source for b in batches}) != 1:
+            raise ValueError("merge needs batches of one log_source")
+        prepared = [self.prepare(b).prepared for b in batches]
+        events = [e for b in batches for e in b.events]
+        times = None if any(b.times is None for b in batches) else [t for b in batches for t in b.times or ()]
+        first = batches[0]
+        return Batch(first.log_source, events, first.ingested_at, times, _Rows.merge(prepared))
+
     def prepare(self, batch: Batch) -> Batch:
         """The batch with its rows already as the Arrow table `write` inserts (see Sink.prepare)."""
         if isinstance(batch.prepared, _Rows):
@@ -363,13 +374,17 @@ class DuckDBStore:
 
 @dataclass(frozen=True)
 class _Rows:
-    """A batch as DuckDB takes it: one Arrow table, duplicate uuids dropped (the first one kept),
-    with the span of its `timestamp` values in microseconds (None when no row has one)."""
+    """A batch as DuckDB takes it: one Arrow table, duplicate uuids dropped (the first one kept).
+
+    `spans` are the [earliest, latest] `timestamp` (epoch microseconds) of each page the rows came
+    from (one for a page; several when pages are merged, see `merge`), so that pages far apart in
+    time are each checked for duplicates on their own range. `untimed`: some row has no timestamp.
+    """
 
     table: pa.Table
     repeated: int  # rows dropped as repeats of an earlier row of the batch
-    span: tuple[int, int] | None
-    untimed: bool  # some row has no timestamp
+    spans: tuple[tuple[int, int], ...]
+    untimed: bool
 
     @classmethod
     def of(cls, batch: Batch) -> _Rows:
@@ -378,8 +393,17 @@ class _Rows:
         times = unique.column(_TIMESTAMP)
         bounds = pc.min_max(times)
         low, high = bounds["min"], bounds["max"]
-        span = None if not low.is_valid else (int(low.value), int(high.value))
-        return cls(unique, len(table) - len(unique), span, times.null_count > 0)
+        spans = ((int(low.value), int(high.value)),) if low.is_valid else ()
+        return cls(unique, len(table) - len(unique), spans, times.null_count > 0)
+
+    @classmethod
+    def merge(cls, parts: Sequence[_Rows]) -> _Rows:
+        """Several pages' rows as one (duplicates across them dropped, the first kept)."""
+        table = pa.concat_tables([p.table for p in parts])
+        unique = _unique_by_uuid(table)
+        repeated = sum(p.repeated for p in parts) + len(table) - len(unique)
+        spans = tuple(span for p in parts for span in p.spans)
+        return cls(unique, repeated, spans, any(p.untimed for p in parts))
 
 
 def _unique_by_uuid(table: pa.Table) -> pa.Table:
@@ -631,20 +655,23 @@ class _GroupCommit:
         then one compared INSERT per write that meets stored rows (in order, so each also sees
         the rows inserted before it in this transaction)."""
         fresh: builtins.list[_Write] = []
-        compared: builtins.list[tuple[_Write, tuple[int, int] | None, bool]] = []
+        compared: builtins.list[tuple[_Write, builtins.list[tuple[int, int]], bool]] = []
         for write in group:
             rows = write.rows
             if not len(rows.table):
                 continue
             cov = coverage[write.log_source]
-            met = None if rows.span is None else cov.met(*rows.span)
-            untimed = rows.untimed and cov.untimed
-            if write.checkpoint is None or met is not None or untimed:
+            if write.checkpoint is None:  # health rows: compared over their whole range
+                met, untimed = builtins.list(rows.spans), rows.untimed
+            else:
+                met = [m for span in rows.spans if (m := cov.met(*span)) is not None]
+                untimed = rows.untimed and cov.untimed
+            if met or untimed or write.checkpoint is None:
                 compared.append((write, met, untimed))
             else:
                 fresh.append(write)
-            if rows.span is not None:
-                cov.add(*rows.span)
+            for span in rows.spans:
+                cov.add(*span)
             cov.untimed = cov.untimed or rows.untimed
         if fresh:
             table = pa.concat_tables([w.rows.table for w in fresh]) if len(fresh) > 1 else fresh[0].rows.table
@@ -652,8 +679,6 @@ class _GroupCommit:
             for write in fresh:
                 write.inserted, write.duplicates = len(write.rows.table), write.rows.repeated
         for write, met, untimed in compared:
-            if write.checkpoint is None:  # health rows: compared over their whole range
-                met, untimed = write.rows.span, write.rows.untimed
             write.inserted = _insert_new(con, write.log_source, write.rows.table, met, untimed)
             write.duplicates = write.rows.repeated + len(write.rows.table) - write.inserted
 
@@ -677,20 +702,17 @@ def _insert_new(
     con: duckdb.DuckDBPyConnection,
     log_source: str,
     table: pa.Table,
-    met: tuple[int, int] | None,
+    met: builtins.list[tuple[int, int]],
     untimed: bool,
 ) -> int:
     """INSERT the rows whose uuid is not stored yet for `log_source`, comparing with the stored rows
-    whose timestamp lies in `met` (epoch microseconds) or, with `untimed`, has none; the count."""
+    whose timestamp lies in one of the `met` ranges (epoch microseconds) or, with `untimed`, has
+    none; the count inserted."""
     parts: builtins.list[str] = []
     params: builtins.list[Any] = []
-    if met is not None:  # the plain column in the filter, so that DuckDB skips row groups by their ranges
+    for low, high in met:  # the plain column in the filter: DuckDB skips row groups by their ranges
         parts.append(_EXISTING + '"timestamp" BETWEEN ? AND ?')
-        params += [
-            log_source,
-            _EPOCH + timedelta(microseconds=met[0]),
-            _EPOCH + timedelta(microseconds=met[1]),
-        ]
+        params += [log_source, _EPOCH + timedelta(microseconds=low), _EPOCH + timedelta(microseconds=high)]
     if untimed:
         parts.append(_EXISTING + '"timestamp" IS NULL')
         params.append(log_source)

@@ -202,3 +202,22 @@ def test_an_empty_or_tiny_batch_commits_its_checkpoint(tmp_path: Path, n: int) -
     assert cp is not None and cp.version == 1
     assert store.read("a", "auditevents") == cp
     store.close()
+
+
+def test_merged_pages_are_checked_each_on_its_own_range(tmp_path: Path) -> None:
+    """Pages of two far-apart slices in one write: only the one that meets stored rows is compared,
+    and a repeat across the merged pages is dropped too."""
+    db = tmp_path / "s.duckdb"
+    store = DuckDBStore(db)
+    cp = store.write(
+        Batch("auditevents", [event(i) for i in range(100, 110)], NOW), Checkpoint("a", "auditevents")
+    )
+    early = store.prepare(Batch("auditevents", [event(i) for i in range(0, 10)], NOW))
+    late = store.prepare(Batch("auditevents", [event(i) for i in range(105, 120)] + [event(3)], NOW))
+    merged = store.merge([early, late])
+    assert len(merged.events) == 26
+    assert cp is not None
+    store.write(merged, cp)
+    assert (store.last_inserted, store.last_duplicates) == (20, 6)
+    store.close()
+    assert rows(db) == (30, 30)
