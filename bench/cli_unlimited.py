@@ -10,8 +10,13 @@ import sys
 
 from opsentinel.source import ratelimit
 
-ratelimit.RateLimiter.__init__.__defaults__ = ((ratelimit.RateLimit(1_000_000_000, 1.0),),)
 
-from opsentinel.cli import main  # noqa: E402  (after the limit is lifted, as the console script would)
+def main() -> int:
+    ratelimit.RateLimiter.__init__.__defaults__ = ((ratelimit.RateLimit(1_000_000_000, 1.0),),)
+    from opsentinel.cli import main as command
 
-sys.exit(main())
+    return command()
+
+
+if __name__ == "__main__":  # not when a spawned child process imports this as its main module
+    sys.exit(main())
