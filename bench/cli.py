@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"prerendered: runs of each side, median kept [full {FULL.prerendered_repeat}]",
     )
     p.add_argument(
+        "--compare",
+        help="prerendered: git revisions (REV or REV+NAME=VALUE), comma-separated, run in the same "
+        "rounds as this tree, e.g. --compare a4f4cdd",
+    )
+    p.add_argument(
         "--sentinel-events", type=parse_count, help=f"sentinel: events [full {FULL.sentinel_events:,}]"
     )
     return p
@@ -109,6 +114,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Table]]
         "prerendered": lambda: prerendered.run(
             sizes=memory.parse_sizes(args.prerendered_sizes or d.prerendered),
             repeat=args.prerendered_repeat or d.prerendered_repeat,
+            compare=[r for r in (args.compare or "").split(",") if r],
         ),
         "backfill": lambda: backfill.run(pages=args.pages or d.pages, latencies_ms=latencies),
         "pipeline": lambda: pipeline.run(

@@ -96,7 +96,9 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(command: list[str], *, timeout: float, cwd: Path) -> ChildRun:
+def run_child(
+    command: list[str], *, timeout: float, cwd: Path, env: dict[str, str] | None = None
+) -> ChildRun:
     """Run `command` under `bench.peakrss` and return its wall time and its own peak RSS."""
     log = cwd / "child-stderr.txt"
     report = cwd / "child-peak.json"
@@ -105,7 +107,12 @@ def run_child(command: list[str], *, timeout: float, cwd: Path) -> ChildRun:
     started = time.perf_counter()
     with log.open("w") as err:
         proc = subprocess.Popen(
-            launcher, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd, env=child_env(), start_new_session=True
+            launcher,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=cwd,
+            env=env if env is not None else child_env(),
+            start_new_session=True,
         )
         try:
             proc.wait(timeout=timeout)

@@ -15,6 +15,13 @@ Both run under `bench.peakrss`, so seconds include interpreter start-up and impo
 and peak RSS is each process's own. After every op-sentinel run the store is checked: each stream
 holds exactly the events the server has, and no (log_source, uuid_s) twice.
 
+With `compare` (`--compare REV,REV+NAME=VALUE,...`), each listed git revision of `src/` runs too,
+in the same rounds: `git archive REV src` unpacked into a temporary directory and put first on
+`PYTHONPATH`, so `opsentinel` is that revision's and the rest (interpreter, libraries, this
+benchmark's launcher) is shared. `+NAME=VALUE` adds an environment variable to that variant's runs
+(for prototypes switched on by one). This is how a change is measured against its baseline on
+one shared machine: both in the same run, alternating.
+
 Goal (issue 13): run --once <= 1.5x download-only (2.0x at the least), at 200k and at 2M; peak RSS
 under 300 MB at 2M.
 """
@@ -24,7 +31,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +42,7 @@ from pathlib import Path
 
 import duckdb
 
+from bench.machine import ROOT
 from bench.memory import child_env, cli_command, run_child
 from bench.runs import short_count
 from bench.simproc import BenchError, ServerProcess
@@ -87,8 +97,59 @@ def _download(server: ServerProcess) -> list[str]:
     ]
 
 
-def _op_sentinel(server: ServerProcess, db: Path, *, lifted: bool) -> list[str]:
-    command = [sys.executable, "-m", "bench.cli_unlimited"] if lifted else cli_command()
+@dataclass(frozen=True)
+class Variant:
+    """One way of running op-sentinel: this tree, or a revision's `src/` (with extra environment)."""
+
+    label: str
+    src: Path | None = None  # None: the installed (this tree's) package
+    env: tuple[tuple[str, str], ...] = ()
+
+    def environment(self) -> dict[str, str]:
+        env = child_env()
+        if self.src is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(self.src), env["PYTHONPATH"]])
+        env.update(self.env)
+        return env
+
+
+def variants(compare: list[str], workdir: Path) -> list[Variant]:
+    """This tree last, after each `REV[+NAME=VALUE...]` of `compare` (its src/ unpacked here)."""
+    found = []
+    for spec in compare:
+        rev, *settings = spec.split("+")
+        pairs = [item.split("=", 1) for item in settings]
+        if any(len(pair) != 2 for pair in pairs):
+            raise BenchError(f"--compare {spec!r}: write extra settings as REV+NAME=VALUE")
+        env = tuple((name, value) for name, value in pairs)
+        try:
+            sha = subprocess.run(
+                ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", sha, "src"], cwd=ROOT, capture_output=True, check=True
+            ).stdout
+        except subprocess.CalledProcessError as exc:
+            raise BenchError(f"--compare {rev!r}: not a git revision of {ROOT}") from exc
+        target = workdir / f"rev-{sha}"
+        if not target.exists():
+            target.mkdir()
+            tar = workdir / f"rev-{sha}.tar"
+            tar.write_bytes(archive)
+            with tarfile.open(tar) as t:
+                t.extractall(target, filter="data")
+        extra = "".join(f" {k}={v}" for k, v in env)
+        found.append(Variant(f"op-sentinel @{sha}{extra}", target / "src", env))
+    return [*found, Variant("op-sentinel run --once -> DuckDB")]
+
+
+def _op_sentinel(server: ServerProcess, db: Path, *, lifted: bool, variant: Variant) -> list[str]:
+    if lifted:
+        command = [sys.executable, "-m", "bench.cli_unlimited"]
+    elif variant.src is None:
+        command = cli_command()
+    else:  # the console script would import this tree's package first; the module takes PYTHONPATH's
+        command = [sys.executable, "-m", "opsentinel.cli"]
     return [
         *command,
         "run",
@@ -107,8 +168,10 @@ def _op_sentinel(server: ServerProcess, db: Path, *, lifted: bool) -> list[str]:
     ]
 
 
-def _measure(command: list[str], workdir: Path, timeout: float, what: str) -> Sample:
-    child = run_child(command, timeout=timeout, cwd=workdir)
+def _measure(
+    command: list[str], workdir: Path, timeout: float, what: str, env: dict[str, str] | None = None
+) -> Sample:
+    child = run_child(command, timeout=timeout, cwd=workdir, env=env)
     if child.returncode != 0:
         tail = " | ".join(child.stderr.strip().splitlines()[-3:])
         raise BenchError(f"{what} exited {child.returncode}: {tail}")
@@ -135,7 +198,7 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}"
 
 
-def run(*, sizes: list[int], repeat: int) -> list[Table]:
+def run(*, sizes: list[int], repeat: int, compare: list[str] | None = None) -> list[Table]:
     table = Table(
         f"prerendered: run --once vs download-only, pre-rendered server, 0 ms latency (median of {repeat})",
         ["events", "client", "seconds", "min-max s", "events/s", "peak RSS MB", "x download-only", "ratios"],
@@ -144,6 +207,7 @@ def run(*, sizes: list[int], repeat: int) -> list[Table]:
     any_lifted = False
     with tempfile.TemporaryDirectory(prefix="bench-prerendered-") as tmp:
         workdir = Path(tmp)
+        kinds = variants(compare or [], workdir)
         for size in sizes:
             lifted = size / 1000 + 60 > BURST
             any_lifted = any_lifted or lifted
@@ -151,7 +215,7 @@ def run(*, sizes: list[int], repeat: int) -> list[Table]:
             for i in range(size % len(STREAM_NAMES)):
                 per_stream[STREAM_NAMES[i]] += 1
             downloads: list[Sample] = []
-            runs: list[Sample] = []
+            runs: dict[Variant, list[Sample]] = {v: [] for v in kinds}
             started = time.perf_counter()
             with _server(size, workdir) as server:
                 progress(
@@ -161,31 +225,32 @@ def run(*, sizes: list[int], repeat: int) -> list[Table]:
                 for attempt in range(repeat):
                     sample = _measure(_download(server), workdir, timeout, "the download-only client")
                     downloads.append(sample)
-                    db = workdir / f"prerendered-{size}-{attempt}.duckdb"
-                    run_sample = _measure(
-                        _op_sentinel(server, db, lifted=lifted), workdir, timeout, "run --once"
-                    )
-                    runs.append(run_sample)
-                    problem = check_store(db, per_stream)
-                    if problem:
-                        raise BenchError(
-                            f"run --once for {short_count(size)} events stored wrongly: {problem}"
+                    line = [f"download {sample.seconds:.2f} s"]
+                    for variant in kinds:
+                        db = workdir / f"prerendered-{size}-{attempt}.duckdb"
+                        command = _op_sentinel(server, db, lifted=lifted, variant=variant)
+                        got = _measure(command, workdir, timeout, variant.label, variant.environment())
+                        runs[variant].append(got)
+                        problem = check_store(db, per_stream)
+                        if problem:
+                            raise BenchError(
+                                f"{variant.label} for {short_count(size)} events stored wrongly: {problem}"
+                            )
+                        for path in workdir.glob(f"{db.name}*"):
+                            path.unlink()
+                        line.append(
+                            f"{variant.label} {got.seconds:.2f} s ({got.seconds / sample.seconds:.2f}x, "
+                            f"{got.peak_rss_mb:.0f} MB)"
                         )
-                    for path in workdir.glob(f"{db.name}*"):
-                        path.unlink()
-                    progress(
-                        f"prerendered {short_count(size)} #{attempt + 1}: download {sample.seconds:.2f} s, "
-                        f"run --once {run_sample.seconds:.2f} s "
-                        f"({run_sample.seconds / sample.seconds:.2f}x), "
-                        f"peak RSS {run_sample.peak_rss_mb:.0f} MB"
-                    )
+                    progress(f"prerendered {short_count(size)} #{attempt + 1}: " + "; ".join(line))
             reference = statistics.median(s.seconds for s in downloads)
-            ratios = [r.seconds / d.seconds for r, d in zip(runs, downloads, strict=True)]
-            label = "op-sentinel run --once -> DuckDB" + (" (limit lifted)" if lifted else "")
-            for name, samples, shown in (
-                ("download only (http.client + orjson)", downloads, None),
-                (label, runs, ratios),
-            ):
+            rows: list[tuple[str, list[Sample], list[float] | None]] = [
+                ("download only (http.client + orjson)", downloads, None)
+            ]
+            for variant, samples in runs.items():
+                ratios = [r.seconds / d.seconds for r, d in zip(samples, downloads, strict=True)]
+                rows.append((variant.label + (" (limit lifted)" if lifted else ""), samples, ratios))
+            for name, samples, shown in rows:
                 seconds = [s.seconds for s in samples]
                 median = statistics.median(seconds)
                 table.add(
@@ -198,7 +263,7 @@ def run(*, sizes: list[int], repeat: int) -> list[Table]:
                     f"{median / reference:.2f}",
                     " ".join(f"{r:.2f}" for r in shown) if shown else "-",
                 )
-            ratio = statistics.median(runs[i].seconds for i in range(repeat)) / reference
+            ratio = statistics.median(s.seconds for s in runs[kinds[-1]]) / reference
             verdict = (
                 "meets" if ratio <= GOAL else ("within the least accepted" if ratio <= LEAST else "MISSES")
             )
@@ -207,13 +272,17 @@ def run(*, sizes: list[int], repeat: int) -> list[Table]:
         f"goal run --once <= {GOAL:g}x download-only ({LEAST:g}x at the least): " + "; ".join(verdicts)
     )
     table.notes.append(
-        "each run a separate process (seconds include start-up); ratios = each run --once over the "
-        "download run just before it; every run's store checked: each event once."
+        "each run a separate process (seconds include start-up); ratios = each run over the download "
+        "run of the same round; rounds alternate every row; every run's store checked: each event once."
     )
     if any_lifted:
         table.notes.append(
             "limit lifted = python -m bench.cli_unlimited: the command with its 590/min budget lifted "
             "(more requests than one burst allows)."
+        )
+    if len(kinds) > 1:
+        table.notes.append(
+            "@REV = that git revision's src/ first on PYTHONPATH, same interpreter and libraries."
         )
     try:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
