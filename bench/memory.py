@@ -88,10 +88,17 @@ def _command(runner: str, sim: SimulatorProcess, db: Path) -> list[str]:
     ]
 
 
+_ENV_AT_START = dict(os.environ)
+"""The environment before `runtime.tune_process()` ran in this process (`python -m bench` imports
+this module first): what it set for itself (ARROW_DEFAULT_MEMORY_POOL) must not reach a measured
+command, which tunes itself, or the baseline revisions of `--compare`, which do not."""
+
+
 def child_env() -> dict[str, str]:
-    """This environment minus any OP_SENTINEL_* setting (flags must be the only settings), with the
-    repository root importable (for `bench.memchild`, run from a temporary directory)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OP_SENTINEL_")}
+    """The environment this benchmark started with, minus any OP_SENTINEL_* setting (flags must be the
+    only settings), with the repository root importable (for `bench.memchild`, run from a temporary
+    directory)."""
+    env = {k: v for k, v in _ENV_AT_START.items() if not k.startswith("OP_SENTINEL_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
