@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,28 +51,33 @@ def cli_command() -> list[str]:
     return [sys.executable, "-m", "opsentinel.cli"]
 
 
+def run_once_args(
+    base_url: str, token_file: Path, db: Path, *, days: float, extra: Sequence[str] = ()
+) -> list[str]:
+    """`run --once` into `db` from a local server holding `days` of history, quietly."""
+    return [
+        "run",
+        "--once",
+        "--base-url",
+        base_url,
+        "--token-file",
+        str(token_file),
+        "--db",
+        str(db),
+        "--lookback",
+        f"{int(days) + 1}d",
+        "--no-progress",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+
+
 def _command(runner: str, sim: SimulatorProcess, db: Path) -> list[str]:
     workers = [] if runs.BACKFILL_WORKERS is None else ["--backfill-workers", str(runs.BACKFILL_WORKERS)]
     if runner == "cli":
-        return [
-            *cli_command(),
-            "run",
-            "--once",
-            "--base-url",
-            sim.base_url,
-            "--token-file",
-            str(sim.token_file),
-            "--streams",
-            STREAM,
-            "--db",
-            str(db),
-            "--lookback",
-            f"{int(DAYS) + 1}d",
-            "--no-progress",
-            "--log-level",
-            "warning",
-            *workers,
-        ]
+        extra = ["--streams", STREAM, *workers]
+        return [*cli_command(), *run_once_args(sim.base_url, sim.token_file, db, days=DAYS, extra=extra)]
     return [
         sys.executable,
         "-m",

@@ -43,7 +43,7 @@ from pathlib import Path
 import duckdb
 
 from bench.machine import ROOT
-from bench.memory import child_env, cli_command, run_child
+from bench.memory import child_env, cli_command, run_child, run_once_args
 from bench.runs import short_count
 from bench.simproc import BenchError, ServerProcess
 from bench.table import Table, count, num, progress
@@ -150,22 +150,7 @@ def _op_sentinel(server: ServerProcess, db: Path, *, lifted: bool, variant: Vari
         command = cli_command()
     else:  # the console script would import this tree's package first; the module takes PYTHONPATH's
         command = [sys.executable, "-m", "opsentinel.cli"]
-    return [
-        *command,
-        "run",
-        "--once",
-        "--base-url",
-        server.base_url,
-        "--token-file",
-        str(server.token_file),
-        "--db",
-        str(db),
-        "--lookback",
-        f"{int(DAYS) + 1}d",
-        "--no-progress",
-        "--log-level",
-        "warning",
-    ]
+    return [*command, *run_once_args(server.base_url, server.token_file, db, days=DAYS)]
 
 
 def _measure(
