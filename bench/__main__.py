@@ -1,4 +1,7 @@
-"""`python -m bench [all|backfill|pipeline|memory|sentinel] [--quick] [options]` (see bench/README.md)."""
+"""`python -m bench [all|prerendered|backfill|pipeline|memory|sentinel] [--quick] [options]`.
+
+See bench/README.md.
+"""
 
 import sys
 from pathlib import Path

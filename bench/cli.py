@@ -1,4 +1,4 @@
-"""The benchmark command: `python -m bench [all|backfill|pipeline|memory|sentinel] [--quick] [options]`.
+"""The benchmark command: `python -m bench [all|BENCHMARK] [--quick] [options]` (see `BENCHMARKS`).
 
 `python -m bench blobstate` (storage requests of a Blob state, on Azurite) runs only when named."""
 
@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bench import backfill, blobstate, machine, memory, pipeline, runs, sentinel
+from bench import backfill, blobstate, machine, memory, pipeline, prerendered, runs, sentinel
 from bench.runs import parse_count
 from bench.simproc import BenchError
 from bench.table import Table
 
-BENCHMARKS = ("backfill", "pipeline", "memory", "sentinel")
+BENCHMARKS = ("prerendered", "backfill", "pipeline", "memory", "sentinel")
 EXTRA = ("blobstate",)  # run only when named
 
 
@@ -30,6 +30,8 @@ class Sizes:
     repeat: int
     sizes: str
     sentinel_events: int
+    prerendered: str
+    prerendered_repeat: int
 
 
 FULL = Sizes(
@@ -39,6 +41,8 @@ FULL = Sizes(
     repeat=2,
     sizes="100k,1M,2M",
     sentinel_events=200_000,
+    prerendered="200k,2M",
+    prerendered_repeat=3,
 )
 QUICK = Sizes(
     pages=10,
@@ -47,13 +51,18 @@ QUICK = Sizes(
     repeat=1,
     sizes="10k,20k",
     sentinel_events=10_000,
+    prerendered="6k",
+    prerendered_repeat=1,
 )
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="op-sentinel benchmarks: backfill pages/s, pipeline events/s, peak RSS, Sentinel sink.",
+        description=(
+            "op-sentinel benchmarks: run --once vs download-only on a pre-rendered server, backfill "
+            "pages/s, pipeline events/s, peak RSS, Sentinel sink."
+        ),
     )
     p.add_argument("which", nargs="?", default="all", choices=("all", *BENCHMARKS, *EXTRA))
     p.add_argument(
@@ -83,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--units", type=int, help="blobstate: (account, stream) units [full 60]")
     p.add_argument(
+        "--prerendered-sizes",
+        help=f"prerendered: events over the three streams, comma-separated [full {FULL.prerendered}]",
+    )
+    p.add_argument(
+        "--prerendered-repeat",
+        type=int,
+        help=f"prerendered: runs of each side, median kept [full {FULL.prerendered_repeat}]",
+    )
+    p.add_argument(
+        "--compare",
+        help="prerendered: git revisions (REV or REV+NAME=VALUE), comma-separated, run in the same "
+        "rounds as this tree, e.g. --compare a4f4cdd",
+    )
+    p.add_argument(
         "--sentinel-events", type=parse_count, help=f"sentinel: events [full {FULL.sentinel_events:,}]"
     )
     return p
@@ -92,6 +115,11 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Table]]
     d = QUICK if args.quick else FULL
     latencies = [float(x) for x in (args.latencies or d.latencies).split(",") if x.strip()]
     jobs: dict[str, Callable[[], list[Table]]] = {
+        "prerendered": lambda: prerendered.run(
+            sizes=memory.parse_sizes(args.prerendered_sizes or d.prerendered),
+            repeat=args.prerendered_repeat or d.prerendered_repeat,
+            compare=[r for r in (args.compare or "").split(",") if r],
+        ),
         "backfill": lambda: backfill.run(pages=args.pages or d.pages, latencies_ms=latencies),
         "pipeline": lambda: pipeline.run(
             events=args.pipeline_events or d.pipeline_events, repeat=args.repeat or d.repeat

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,28 +51,33 @@ def cli_command() -> list[str]:
     return [sys.executable, "-m", "opsentinel.cli"]
 
 
+def run_once_args(
+    base_url: str, token_file: Path, db: Path, *, days: float, extra: Sequence[str] = ()
+) -> list[str]:
+    """`run --once` into `db` from a local server holding `days` of history, quietly."""
+    return [
+        "run",
+        "--once",
+        "--base-url",
+        base_url,
+        "--token-file",
+        str(token_file),
+        "--db",
+        str(db),
+        "--lookback",
+        f"{int(days) + 1}d",
+        "--no-progress",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+
+
 def _command(runner: str, sim: SimulatorProcess, db: Path) -> list[str]:
     workers = [] if runs.BACKFILL_WORKERS is None else ["--backfill-workers", str(runs.BACKFILL_WORKERS)]
     if runner == "cli":
-        return [
-            *cli_command(),
-            "run",
-            "--once",
-            "--base-url",
-            sim.base_url,
-            "--token-file",
-            str(sim.token_file),
-            "--streams",
-            STREAM,
-            "--db",
-            str(db),
-            "--lookback",
-            f"{int(DAYS) + 1}d",
-            "--no-progress",
-            "--log-level",
-            "warning",
-            *workers,
-        ]
+        extra = ["--streams", STREAM, *workers]
+        return [*cli_command(), *run_once_args(sim.base_url, sim.token_file, db, days=DAYS, extra=extra)]
     return [
         sys.executable,
         "-m",
@@ -88,15 +94,24 @@ def _command(runner: str, sim: SimulatorProcess, db: Path) -> list[str]:
     ]
 
 
+_ENV_AT_START = dict(os.environ)
+"""The environment before `runtime.tune_process()` ran in this process (`python -m bench` imports
+this module first): what it set for itself (ARROW_DEFAULT_MEMORY_POOL) must not reach a measured
+command, which tunes itself, or the baseline revisions of `--compare`, which do not."""
+
+
 def child_env() -> dict[str, str]:
-    """This environment minus any OP_SENTINEL_* setting (flags must be the only settings), with the
-    repository root importable (for `bench.memchild`, run from a temporary directory)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OP_SENTINEL_")}
+    """The environment this benchmark started with, minus any OP_SENTINEL_* setting (flags must be the
+    only settings), with the repository root importable (for `bench.memchild`, run from a temporary
+    directory)."""
+    env = {k: v for k, v in _ENV_AT_START.items() if not k.startswith("OP_SENTINEL_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
 
-def run_child(command: list[str], *, timeout: float, cwd: Path) -> ChildRun:
+def run_child(
+    command: list[str], *, timeout: float, cwd: Path, env: dict[str, str] | None = None
+) -> ChildRun:
     """Run `command` under `bench.peakrss` and return its wall time and its own peak RSS."""
     log = cwd / "child-stderr.txt"
     report = cwd / "child-peak.json"
@@ -105,7 +120,12 @@ def run_child(command: list[str], *, timeout: float, cwd: Path) -> ChildRun:
     started = time.perf_counter()
     with log.open("w") as err:
         proc = subprocess.Popen(
-            launcher, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd, env=child_env(), start_new_session=True
+            launcher,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=cwd,
+            env=env if env is not None else child_env(),
+            start_new_session=True,
         )
         try:
             proc.wait(timeout=timeout)

@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bench.peakrss RESULT.json COMMAND...", file=sys.stderr)
         return 2
     result, command = Path(argv[0]), argv[1:]
+    _allow_huge_pages()
     proc = subprocess.Popen(command)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; tell Popen
@@ -30,6 +31,19 @@ def main(argv: list[str]) -> int:
     kib = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
     result.write_text(json.dumps({"returncode": proc.returncode, "maxrss_kib": kib}))
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+
+
+def _allow_huge_pages() -> None:
+    """Undo the benchmark's own PR_SET_THP_DISABLE (from `runtime.tune_process`; children inherit it),
+    so that the command runs as it would from a shell and tunes itself."""
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(41, 0, 0, 0, 0)  # PR_SET_THP_DISABLE off
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from opsentinel.schema import COLUMN_NAMES, DCR_INPUT_COLUMNS
 
 __all__ = [
     "STRING_FIELDS",
+    "ingestion_time",
     "parse_event_time",
     "to_column",
     "to_columns",
@@ -228,7 +229,8 @@ def _column(
     return [None] * len(events)
 
 
-def _utc(ingested_at: datetime) -> datetime:
+def ingestion_time(ingested_at: datetime) -> datetime:
+    """`ingested_at` in UTC, as `TimeGenerated` holds it; ValueError when it is naive."""
     if ingested_at.tzinfo is None:
         raise ValueError("ingested_at must be timezone-aware")
     return ingested_at.astimezone(UTC)
@@ -265,7 +267,7 @@ def to_column(
 def _checked_now(
     events: Sequence[Mapping[str, Any]], ingested_at: datetime, times: Sequence[datetime | None] | None
 ) -> datetime:
-    now = _utc(ingested_at)
+    now = ingestion_time(ingested_at)
     if times is not None and len(times) != len(events):
         raise ValueError("times must be aligned with events")
     return now

@@ -8,7 +8,9 @@ is nearly always. pyarrow reads them straight out of the event dicts (one struct
 and refuses any value that is not a string; the whole batch then takes the Python path of
 `transform.to_column`, which converts such values (`tostring`). Either way the table is the same.
 Measured on pages of 1,000 audit events (best of 5, one core): building the table took 7.0 ms per
-page with every column from Python lists, 5.2 ms with the fast path.
+page with every column from Python lists, 5.2 ms with the fast path. The constant columns and the
+parsed times go to Arrow without a Python list (0.8 ms less per page, measured on the benchmark's
+pages).
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from typing import Any, Final
 import pyarrow as pa
 
 from opsentinel.schema import COLUMNS
-from opsentinel.transform import STRING_FIELDS, to_column
+from opsentinel.transform import STRING_FIELDS, ingestion_time, to_column
 
 __all__ = ["ARROW_SCHEMA", "to_arrow"]
 
+_TIME: Final = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES: Final = {
     "string": pa.string(),
     # JSON text we wrote with orjson: as Arrow's JSON type DuckDB stores it without parsing it again.
     "dynamic": pa.json_(),
-    "datetime": pa.timestamp("us", tz="UTC"),
+    "datetime": _TIME,
     "int": pa.int64(),
 }
 ARROW_SCHEMA: Final = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in COLUMNS])
@@ -47,10 +50,19 @@ def to_arrow(
     `events` hold JSON values, as the API sends them. (A `bytes` value, which JSON cannot hold, would
     be read as UTF-8 text by the fast path instead of taking `tostring`'s form.)
     """
-    strings = _string_arrays(events)
+    n = len(events)
+    # Columns that need no Python loop: constants, and the times the page parser already read.
+    direct = {
+        "SourceSystem": pa.nulls(n, pa.string()),
+        "TimeGenerated": pa.repeat(pa.scalar(ingestion_time(ingested_at), type=_TIME), n),
+        "log_source": pa.repeat(pa.scalar(log_source, type=pa.string()), n),
+        **_string_arrays(events),
+    }
+    if times is not None:
+        direct["timestamp"] = pa.array(times, type=_TIME)
     arrays = [
-        strings[f.name]
-        if f.name in strings
+        direct[f.name]
+        if f.name in direct
         else pa.array(to_column(f.name, log_source, events, ingested_at, times), type=f.type)
         for f in ARROW_SCHEMA
     ]

@@ -5,6 +5,7 @@ which the client retries. Nothing else escapes to stop the stream."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from tests.property.propstrategies import events, json_values
 
 from opsentinel.source.page import MalformedResponse, Page, parse_page
 from opsentinel.source.redact import REDACTED
+from opsentinel.timefmt import parse_rfc3339
 
 FAST = settings(max_examples=80, deadline=None)
 
@@ -110,3 +112,41 @@ def test_a_rejected_item_never_quotes_a_token(event: dict[str, Any], how: str) -
     assert SECRET not in rejection.raw_excerpt
     assert SECRET.rsplit(".", 1)[-1] not in rejection.raw_excerpt
     assert REDACTED in rejection.raw_excerpt
+
+
+_STAMP_EDITS = (
+    lambda t: t,
+    lambda t: t.replace(".", ","),  # a comma fraction: datetime.fromisoformat takes it, RFC 3339 not
+    lambda t: t.replace("1", "\u0663", 1),  # a non-ASCII digit
+    lambda t: t.replace("Z", "z"),
+    lambda t: t.replace("Z", "+01:00"),
+    lambda t: t.replace("Z", ""),
+    lambda t: t.replace("T", " "),
+    lambda t: t.replace(":", "", 2),  # the basic format
+    lambda t: t[:-4] + "60Z" if "." not in t else t,  # a leap second
+)
+
+
+@FAST
+@given(
+    moment=st.datetimes(timezones=st.just(UTC)),
+    digits=st.integers(min_value=0, max_value=10),
+    edit=st.sampled_from(_STAMP_EDITS),
+)
+def test_every_timestamp_is_read_as_the_general_parser_reads_it(moment: Any, digits: int, edit: Any) -> None:
+    """The parser's fast path for `...Z` times gives exactly what `parse_rfc3339` gives, or the same
+    rejection."""
+    fraction = f"{moment.microsecond:06d}{moment.microsecond % 1000:03d}"[:digits]
+    stamp = edit(moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z")
+    page = parse_page(
+        "auditevents",
+        orjson.dumps({"cursor": "c", "has_more": False, "items": [{"uuid": "u", "timestamp": stamp}]}),
+        {},
+    )
+    try:
+        expected = parse_rfc3339(stamp)
+    except (ValueError, OverflowError):
+        assert page.times == [] and len(page.rejected) == 1
+    else:
+        assert page.times == [expected]
+        assert page.times[0].tzinfo is UTC

@@ -21,6 +21,8 @@ TINY = [
     "2000",
     "--sentinel-events",
     "2000",
+    "--prerendered-sizes",
+    "3000",
 ]
 
 
@@ -35,7 +37,8 @@ def test_every_benchmark_prints_a_well_formed_table(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
 
     assert out.startswith("machine: ")
-    assert [t.title.split(":")[0] for t in tables] == ["backfill", "pipeline", "memory", "sentinel"]
+    names = ["prerendered", "backfill", "pipeline", "memory", "sentinel"]
+    assert [t.title.split(":")[0] for t in tables] == names
     lines = out.splitlines()
     for table in tables:
         assert table.rows
@@ -50,7 +53,13 @@ def test_every_benchmark_prints_a_well_formed_table(capsys: pytest.CaptureFixtur
         # "!" marks a count that differs from what was served: every event must arrive, once.
         assert not any(cell.endswith("!") for row in table.rows for cell in row)
 
-    backfill, pipeline, memory, sentinel = tables
+    prerendered, backfill, pipeline, memory, sentinel = tables
+    # Each op-sentinel run's store was checked (every event once) or the benchmark would have failed.
+    assert [row[:2] for row in prerendered.rows] == [
+        ["3,000", "download only (http.client + orjson)"],
+        ["3,000", "op-sentinel run --once -> DuckDB"],
+    ]
+    assert "goal run --once <= 1.5x download-only" in prerendered.notes[0]
     assert [row[:2] for row in backfill.rows] == [
         ["0 ms", "sequential"],
         ["0 ms", "op-sentinel"],

@@ -8,19 +8,20 @@ CheckpointConflict and stores nothing. DuckDB's WAL makes the transaction atomic
 crash at any moment leaves either the rows and the new cursor, or neither.
 
 Duplicates. `uuid_s` is unique per `log_source`. Duplicates inside a batch are dropped (first wins);
-an event delivered again (cursor reset, replay) is not stored again. The check is an anti-join
-against the stored rows of the same `log_source` whose `timestamp` lies in the batch's [min, max]
-range: an event's timestamp never changes, so any earlier copy lies in that range, and DuckDB's
-zone maps skip every row group outside it. Rows without a timestamp are compared with the stored
-rows without one. Measured on 2M audit events in 1000-event batches (2 shared cores, memory_limit
-64 MB):
+an event delivered again (cursor reset, a restarted slice, the API repeating itself) is not stored
+again. An event's timestamp never changes, so a batch can only repeat stored rows whose timestamp
+lies in the batch's [min, max] range. The store remembers, per `log_source`, which time ranges hold
+stored rows (`_Coverage`: the ranges of the batches it wrote, plus the stored [min, max] when it
+first writes a stream). A batch that meets none of them (nearly every page of a backfill or a live
+chain) is inserted as it is; one that meets some is anti-joined with the stored rows of that
+`log_source` in the met range only, which DuckDB's zone maps narrow down. Rows without a timestamp
+are compared with the stored rows without one. No index is kept on the event table: a PRIMARY KEY
+(log_source, uuid_s) with INSERT OR IGNORE grew to ~50 ms per 1000-event batch at 2M rows and made
+the file 6x larger. The checkpoint and status tables are tiny and keyed.
 
-    anti-join on the time range   the check costs ~2 ms per batch, flat as the table grows;
-                                  file 25 MB; peak RSS ~200 MB for the whole process
-    PRIMARY KEY (log_source, uuid_s) with INSERT OR IGNORE
-                                  the insert grows to ~50 ms per batch at 2M rows; file 147 MB
-
-so no index is kept on the event table. The checkpoint and status tables are tiny and keyed.
+Group commit. Writes that arrive together from several threads (the streams, the slices) share
+one transaction and one INSERT (`_GroupCommit`); each still returns only after its commit, and a
+checkpoint conflict fails only its own write.
 
 Bulk insert. A batch becomes one Arrow table (`transform_arrow.to_arrow`: the values of
 `transform.to_columns`, dynamic columns as Arrow's JSON type, so DuckDB does not parse our own JSON
@@ -48,15 +49,17 @@ writes, so the database, its WAL and spill files are never readable by others.
 # ruff: noqa: S608  (SQL text here is built from module constants only; values are always bound)
 from __future__ import annotations
 
+import bisect
 import builtins
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -85,6 +88,12 @@ _UUID: Final = COLUMN_NAMES.index("uuid_s")
 _TIMESTAMP: Final = COLUMN_NAMES.index("timestamp")
 _BATCH_VIEW: Final = "opsentinel_batch"
 _EXISTING: Final = f'SELECT uuid_s FROM "{TABLE_NAME}" WHERE log_source = ? AND '
+_INSERT_ALL: Final = f'INSERT INTO "{TABLE_NAME}" SELECT * FROM {_BATCH_VIEW}'
+_STORED_SPAN: Final = (
+    f'SELECT epoch_us(min("timestamp")), epoch_us(max("timestamp")), count(*), '
+    f'bool_or("timestamp" IS NULL) FROM "{TABLE_NAME}" WHERE log_source = ?'
+)
+_SELECT_VERSIONS: Final = f"SELECT account, stream, version FROM {storefile.CHECKPOINTS_TABLE} WHERE "
 _SIGNAL_SLACK_NS: Final = 20_000_000  # file mtimes lag the clock by up to a few ms (coarse ticks)
 
 
@@ -274,8 +283,11 @@ class DuckDBStore:
         self._conn = _BurstConnection(
             self.path, config, hold=hold, linger=linger, gap=gap, lock_wait=lock_wait, clock=clock
         )
+        self._writes = _GroupCommit(self._conn)
         self.last_inserted = 0
         """Rows the last `write` stored (the batch minus duplicates)."""
+        self.last_duplicates = 0
+        """Rows the last `write` dropped as already stored or repeated inside the batch."""
 
     def __repr__(self) -> str:
         return f"DuckDBStore({str(self.path)!r})"
@@ -285,26 +297,27 @@ class DuckDBStore:
     def write(self, batch: Batch, checkpoint: Checkpoint | None = None) -> Receipt:
         """Store the batch's new rows and commit `checkpoint` (if given) in one transaction.
 
-        The receipt counts the rows stored and those dropped as already stored; with a checkpoint it
-        carries the one stored (counters raised by those counts, version + 1, updated_at set).
-        Raises CheckpointConflict (nothing stored) or StoreError.
+        The receipt counts the rows stored and those dropped as already stored (or repeated inside the
+        batch); with a checkpoint it carries the one stored (counters raised by those counts, version
+        + 1, updated_at set). Raises CheckpointConflict (nothing stored) or StoreError. Writes that
+        arrive together from several threads share one transaction (see `_GroupCommit`); each
+        returns only once its rows and checkpoint are committed.
         """
         rows = batch.prepared if isinstance(batch.prepared, _Rows) else _Rows.of(batch)
-        stored = None
-        with self._conn.transaction() as con:
-            if checkpoint is not None:
-                _check_version(con, checkpoint)
-            inserted = _insert_new(con, batch.log_source, rows) if len(rows.table) else 0
-            duplicates = len(batch.events) - inserted
-            if checkpoint is not None:
-                stored = replace(
-                    checkpoint.tallied(inserted, duplicates),
-                    version=checkpoint.version + 1,
-                    updated_at=self._clock(),
-                )
-                _save_checkpoint(con, stored)
-        self.last_inserted = inserted
-        return Receipt(inserted, duplicates, checkpoint=stored)
+        done = self._writes.submit(_Write(batch.log_source, rows, checkpoint, self._clock()))
+        self.last_inserted, self.last_duplicates = done.inserted, done.duplicates
+        return Receipt(done.inserted, done.duplicates, checkpoint=done.stored)
+
+    def merge(self, batches: Sequence[Batch]) -> Batch:
+        """Several batches of one log_source (pages of one stream, in order) as one batch, for one
+        `write` with the checkpoint that follows the last of them. Prepared rows are reused."""
+        if len({b.log_source for b in batches}) != 1:
+            raise ValueError("merge needs batches of one log_source")
+        prepared = [self.prepare(b).prepared for b in batches]
+        events = [e for b in batches for e in b.events]
+        times = None if any(b.times is None for b in batches) else [t for b in batches for t in b.times or ()]
+        first = batches[0]
+        return Batch(first.log_source, events, first.ingested_at, times, _Rows.merge(prepared))
 
     def prepare(self, batch: Batch) -> Batch:
         """The batch with its rows already as the Arrow table `write` inserts (see Sink.prepare)."""
@@ -337,6 +350,7 @@ class DuckDBStore:
             _check_version(con, checkpoint)
             stored = replace(checkpoint, version=checkpoint.version + 1, updated_at=self._clock())
             _save_checkpoint(con, stored)
+        self._writes.committed(stored)
         return stored
 
     def list(self) -> list[Checkpoint]:
@@ -366,20 +380,36 @@ class DuckDBStore:
 
 @dataclass(frozen=True)
 class _Rows:
-    """A batch as DuckDB takes it: one Arrow table, duplicate uuids dropped (the first one kept)."""
+    """A batch as DuckDB takes it: one Arrow table, duplicate uuids dropped (the first one kept).
+
+    `spans` are the [earliest, latest] `timestamp` (epoch microseconds) of each page the rows came
+    from (one for a page; several when pages are merged, see `merge`), so that pages far apart in
+    time are each checked for duplicates on their own range. `untimed`: some row has no timestamp.
+    """
 
     table: pa.Table
+    repeated: int  # rows dropped as repeats of an earlier row of the batch
+    spans: tuple[tuple[int, int], ...]
+    untimed: bool
 
     @classmethod
     def of(cls, batch: Batch) -> _Rows:
         table = to_arrow(batch.log_source, batch.events, batch.ingested_at, batch.times)
-        return cls(_unique_by_uuid(table))
-
-    def time_range(self) -> tuple[datetime | None, datetime | None, bool]:
-        """(earliest, latest, whether some row has no timestamp) of the rows' `timestamp`."""
-        times = self.table.column(_TIMESTAMP)
+        unique = _unique_by_uuid(table)
+        times = unique.column(_TIMESTAMP)
         bounds = pc.min_max(times)
-        return bounds["min"].as_py(), bounds["max"].as_py(), times.null_count > 0
+        low, high = bounds["min"], bounds["max"]
+        spans = ((int(low.value), int(high.value)),) if low.is_valid else ()
+        return cls(unique, len(table) - len(unique), spans, times.null_count > 0)
+
+    @classmethod
+    def merge(cls, parts: Sequence[_Rows]) -> _Rows:
+        """Several pages' rows as one (duplicates across them dropped, the first kept)."""
+        table = pa.concat_tables([p.table for p in parts])
+        unique = _unique_by_uuid(table)
+        repeated = sum(p.repeated for p in parts) + len(table) - len(unique)
+        spans = tuple(span for p in parts for span in p.spans)
+        return cls(unique, repeated, spans, any(p.untimed for p in parts))
 
 
 def _unique_by_uuid(table: pa.Table) -> pa.Table:
@@ -398,22 +428,310 @@ def _unique_by_uuid(table: pa.Table) -> pa.Table:
     return table if len(keep) == len(uuids) else table.take(keep)
 
 
-def _insert_new(con: duckdb.DuckDBPyConnection, log_source: str, rows: _Rows) -> int:
-    """INSERT the rows whose uuid is not stored yet for `log_source`; the count inserted."""
-    earliest, latest, some_without = rows.time_range()
-    parts: list[str] = []
-    params: list[Any] = []
-    if earliest is not None:
+# --- which stored rows a batch can repeat ----------------------------------------------------------
+
+
+class _Coverage:
+    """Where the stored rows of one `log_source` lie in time, exactly enough to rule duplicates out.
+
+    An event's timestamp never changes, so a batch can only repeat stored rows whose timestamp lies
+    in the batch's own [earliest, latest]. `spans` are disjoint, sorted [low, high] ranges (epoch
+    microseconds) that hold every stored row's timestamp: a batch that meets none of them repeats
+    nothing stored and is inserted without looking at the table; one that meets some is compared
+    with the stored rows of the met range only. `untimed`: some stored row has no timestamp.
+    Spans may be wider than the rows (merging keeps them few), never narrower.
+    """
+
+    LIMIT: Final = 4096  # spans kept; beyond it neighbours merge (wider, still exact)
+
+    def __init__(self, spans: builtins.list[tuple[int, int]] | None = None, untimed: bool = False) -> None:
+        self.spans = sorted(spans or [])
+        self.untimed = untimed
+
+    def copy(self) -> _Coverage:
+        return _Coverage(list(self.spans), self.untimed)
+
+    def met(self, low: int, high: int) -> tuple[int, int] | None:
+        """The smallest range holding every stored timestamp within [low, high], or None."""
+        spans = self.spans
+        i = bisect.bisect_right(spans, (low, _MAX_US))  # first span starting after `low` ...
+        if i and spans[i - 1][1] >= low:  # ... or the one before, if it reaches `low`
+            i -= 1
+        met_low: int | None = None
+        met_high = low
+        while i < len(spans) and spans[i][0] <= high:
+            span_low, span_high = spans[i]
+            if met_low is None:
+                met_low = max(low, span_low)
+            met_high = min(high, span_high)
+            i += 1
+        return None if met_low is None else (met_low, met_high)
+
+    def add(self, low: int, high: int) -> None:
+        spans = self.spans
+        i = bisect.bisect_left(spans, (low, low))
+        if i and spans[i - 1][1] >= low:
+            i -= 1
+        j = i
+        while j < len(spans) and spans[j][0] <= high:
+            low, high = min(low, spans[j][0]), max(high, spans[j][1])
+            j += 1
+        spans[i:j] = [(low, high)]
+        if len(spans) > self.LIMIT:  # merge each pair of neighbours: half as many, each wider
+            self.spans = [
+                (spans[k][0], spans[min(k + 1, len(spans) - 1)][1]) for k in range(0, len(spans), 2)
+            ]
+
+
+_MAX_US: Final = 2**63 - 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _load_coverage(con: duckdb.DuckDBPyConnection, log_source: str) -> _Coverage:
+    """What is stored for `log_source` now, as one span (a first write of a stream in this process)."""
+    row = storefile.first_row(con.execute(_STORED_SPAN, [log_source]))
+    if row is None or not row[2]:
+        return _Coverage()
+    spans = [] if row[0] is None else [(int(row[0]), int(row[1]))]
+    return _Coverage(spans, untimed=bool(row[3]))
+
+
+# --- writes, committed in groups ---------------------------------------------------------------------
+
+
+@dataclass
+class _Write:
+    """One `write` call on its way into a transaction, and what became of it."""
+
+    log_source: str
+    rows: _Rows
+    checkpoint: Checkpoint | None  # as the caller sent it (its version is the one expected)
+    now: datetime  # the stored checkpoint's updated_at
+    stored: Checkpoint | None = None  # what was stored, once committed
+    done: bool = False
+    inserted: int = 0
+    duplicates: int = 0
+    error: BaseException | None = None
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        cp = self.checkpoint
+        return None if cp is None else (cp.account, cp.stream)
+
+
+class _GroupCommit:
+    """Concurrent writes share transactions: the first writer to find none running commits every
+    write waiting at that moment, in one transaction (at most one per checkpoint, in arrival
+    order); the others wait for theirs. Each write still returns only after its commit, and a
+    checkpoint conflict fails only the write that carries it.
+
+    Why: a DuckDB commit has a fixed cost (WAL flush, fsync), and every statement takes the
+    interpreter lock back several times while it runs, which other busy threads make slow; one
+    INSERT for several pages costs less per row than one per page (see bench/README.md).
+
+    It also keeps, per `log_source`, the `_Coverage` of the stored rows, so that a batch whose
+    time range meets no stored row is inserted without a duplicate check. The coverage is exact
+    for rows this store wrote plus what the table held when the stream was first written here;
+    `versions` notes each checkpoint version this store committed. A checkpoint arriving with
+    any other version was committed by someone else (another process between this one's bursts),
+    so that stream's coverage is loaded from the table again, inside the same transaction.
+    """
+
+    MAX_ROWS: Final = 65_536  # rows per transaction: several pages, bounded memory
+
+    def __init__(self, conn: _BurstConnection) -> None:
+        self._conn = conn
+        self._cond = threading.Condition()
+        self._queue: deque[_Write] = deque()
+        self._leading = False
+        self._coverage: dict[str, _Coverage] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+
+    def submit(self, write: _Write) -> _Write:
+        """Commit `write` (alone or with others); raise its error, if any."""
+        with self._cond:
+            self._queue.append(write)
+        while True:
+            with self._cond:
+                while self._leading and not write.done:
+                    self._cond.wait()
+                if write.done:
+                    break
+                self._leading = True
+                group = self._take()
+            try:
+                self._commit(group)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if write.error is not None:
+            raise write.error
+        return write
+
+    def committed(self, stored: Checkpoint) -> None:
+        """Note a checkpoint committed without rows (`DuckDBStore.commit`)."""
+        with self._cond:
+            self._versions[(stored.account, stored.stream)] = stored.version
+
+    def _take(self) -> builtins.list[_Write]:
+        group: builtins.list[_Write] = []
+        keys: set[tuple[str, str]] = set()
+        rows = 0
+        for write in builtins.list(self._queue):
+            key = write.key
+            if key in keys or (group and rows + len(write.rows.table) > self.MAX_ROWS):
+                continue  # the next transaction takes it
+            if key is not None:
+                keys.add(key)
+            rows += len(write.rows.table)
+            group.append(write)
+            self._queue.remove(write)
+        return group
+
+    def _commit(self, group: builtins.list[_Write]) -> None:
+        try:
+            with self._conn.transaction() as con:
+                ok = self._check_versions(con, group)
+                coverage = self._coverage_for(con, ok)
+                self._insert(con, ok, coverage)
+                for write in ok:
+                    if write.checkpoint is not None:  # after the insert: its counts are known here
+                        write.stored = replace(
+                            write.checkpoint.tallied(write.inserted, write.duplicates),
+                            version=write.checkpoint.version + 1,
+                            updated_at=write.now,
+                        )
+                        _save_checkpoint(con, write.stored)
+        except BaseException as exc:
+            for write in group:
+                if write.error is None:
+                    write.error = exc
+                write.inserted = write.duplicates = 0
+                write.stored = None
+            coverage = {}
+        else:
+            for write in ok:
+                if write.stored is not None:
+                    self._versions[(write.stored.account, write.stored.stream)] = write.stored.version
+            self._coverage.update(coverage)
+        for write in group:
+            write.done = True
+
+    def _check_versions(
+        self, con: duckdb.DuckDBPyConnection, group: builtins.list[_Write]
+    ) -> builtins.list[_Write]:
+        """The writes whose checkpoint (if any) is still at its expected version; the rest fail."""
+        keys = [(w.checkpoint.account, w.checkpoint.stream) for w in group if w.checkpoint is not None]
+        if not keys:
+            return group
+        where = " OR ".join(["(account = ? AND stream = ?)"] * len(keys))
+        params = [part for key in keys for part in key]
+        found = {(a, s): int(v) for a, s, v in con.execute(_SELECT_VERSIONS + where, params).fetchall()}
+        ok = []
+        for write in group:
+            cp = write.checkpoint
+            if cp is not None and found.get((cp.account, cp.stream), 0) != cp.version:
+                write.error = _conflict(cp, found.get((cp.account, cp.stream), 0))
+            else:
+                ok.append(write)
+        return ok
+
+    def _coverage_for(
+        self, con: duckdb.DuckDBPyConnection, group: builtins.list[_Write]
+    ) -> dict[str, _Coverage]:
+        """Working copies of the coverage of each log_source in `group` (loaded where unknown or
+        stale), installed only once the transaction has committed."""
+        coverage: dict[str, _Coverage] = {}
+        for write in group:
+            source = write.log_source
+            cp = write.checkpoint
+            stale = cp is not None and self._versions.get((cp.account, cp.stream), 0) != cp.version
+            if source not in coverage:
+                known = self._coverage.get(source)
+                coverage[source] = (
+                    known.copy() if known is not None and not stale else _load_coverage(con, source)
+                )
+            elif stale:
+                coverage[source] = _load_coverage(con, source)
+        return coverage
+
+    def _insert(
+        self, con: duckdb.DuckDBPyConnection, group: builtins.list[_Write], coverage: dict[str, _Coverage]
+    ) -> None:
+        """Insert every write's new rows: one INSERT for all rows that can repeat nothing stored,
+        then one compared INSERT per write that meets stored rows (in order, so each also sees
+        the rows inserted before it in this transaction)."""
+        fresh: builtins.list[_Write] = []
+        compared: builtins.list[tuple[_Write, builtins.list[tuple[int, int]], bool]] = []
+        for write in group:
+            rows = write.rows
+            if not len(rows.table):
+                continue
+            cov = coverage[write.log_source]
+            if write.checkpoint is None:  # health rows: compared over their whole range
+                met, untimed = builtins.list(rows.spans), rows.untimed
+            else:
+                met = [m for span in rows.spans if (m := cov.met(*span)) is not None]
+                untimed = rows.untimed and cov.untimed
+            if met or untimed or write.checkpoint is None:
+                compared.append((write, met, untimed))
+            else:
+                fresh.append(write)
+            for span in rows.spans:
+                cov.add(*span)
+            cov.untimed = cov.untimed or rows.untimed
+        if fresh:
+            table = pa.concat_tables([w.rows.table for w in fresh]) if len(fresh) > 1 else fresh[0].rows.table
+            _insert_all(con, table)
+            for write in fresh:
+                write.inserted, write.duplicates = len(write.rows.table), write.rows.repeated
+        for write, met, untimed in compared:
+            write.inserted = _insert_new(con, write.log_source, write.rows.table, met, untimed)
+            write.duplicates = write.rows.repeated + len(write.rows.table) - write.inserted
+
+
+def _conflict(checkpoint: Checkpoint, stored: int) -> CheckpointConflict:
+    return CheckpointConflict(
+        f"checkpoint of {checkpoint.stream} (account {checkpoint.account}) is at version {stored}, "
+        f"not {checkpoint.version}: another run committed first"
+    )
+
+
+def _insert_all(con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
+    con.register(_BATCH_VIEW, table)
+    try:
+        con.execute(_INSERT_ALL).fetchall()
+    finally:
+        con.unregister(_BATCH_VIEW)
+
+
+def _insert_new(
+    con: duckdb.DuckDBPyConnection,
+    log_source: str,
+    table: pa.Table,
+    met: builtins.list[tuple[int, int]],
+    untimed: bool,
+) -> int:
+    """INSERT the rows whose uuid is not stored yet for `log_source`, comparing with the stored rows
+    whose timestamp lies in one of the `met` ranges (epoch microseconds) or, with `untimed`, has
+    none; the count inserted."""
+    parts: builtins.list[str] = []
+    params: builtins.list[Any] = []
+    for low, high in met:  # the plain column in the filter: DuckDB skips row groups by their ranges
         parts.append(_EXISTING + '"timestamp" BETWEEN ? AND ?')
-        params += [log_source, earliest, latest]
-    if some_without:
+        params += [log_source, _EPOCH + timedelta(microseconds=low), _EPOCH + timedelta(microseconds=high)]
+    if untimed:
         parts.append(_EXISTING + '"timestamp" IS NULL')
         params.append(log_source)
+    if not parts:
+        _insert_all(con, table)
+        return len(table)
     sql = (
         f'INSERT INTO "{TABLE_NAME}" SELECT b.* FROM {_BATCH_VIEW} AS b '
         f"ANTI JOIN ({' UNION ALL '.join(parts)}) AS e ON b.uuid_s = e.uuid_s"
     )
-    con.register(_BATCH_VIEW, rows.table)
+    con.register(_BATCH_VIEW, table)
     try:
         row = storefile.first_row(con.execute(sql, params))
     finally:
@@ -425,10 +743,7 @@ def _check_version(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint) -> No
     row = storefile.first_row(con.execute(storefile.SELECT_VERSION, [checkpoint.account, checkpoint.stream]))
     stored = 0 if row is None else int(row[0])
     if stored != checkpoint.version:
-        raise CheckpointConflict(
-            f"checkpoint of {checkpoint.stream} (account {checkpoint.account}) is at version {stored}, "
-            f"not {checkpoint.version}: another run committed first"
-        )
+        raise _conflict(checkpoint, stored)
 
 
 def _save_checkpoint(con: duckdb.DuckDBPyConnection, stored: Checkpoint) -> None:
