@@ -212,8 +212,6 @@ class Settings(BaseModel):
     @property
     def state_url(self) -> str | None:
         """The Blob container URL `--state` names, or None when it is a directory."""
-        from opsentinel.checkpoints.blobaccess import is_blob_url
-
         return self.state if is_blob_url(self.state) else None
 
     @property
@@ -326,6 +324,11 @@ def load_settings(
         where = origin.get(name, name)
         raise ConfigError(f"invalid {name} ({where}): {msg}") from None
     return settings
+
+
+def is_blob_url(text: str) -> bool:
+    """Whether a `--state` value means a Blob container (a URL) rather than a directory."""
+    return text[:8].lower().startswith(("https://", "http://"))
 
 
 def retention_floor(now: datetime) -> datetime:

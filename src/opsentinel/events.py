@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict
 
+from opsentinel.streams import FEATURES as _FEATURES
+
 SIGNIN_CATEGORIES: Final = (
     "success",
     "credentials_failed",
@@ -115,7 +117,7 @@ AUDIT_OBJECT_TYPES: Final = tuple(
 AUDIT_OBJECT_TYPES_V2_ONLY: Final = ("cred", "mngdacc")
 
 USER_TYPES: Final = ("user", "external_user")
-FEATURES: Final = ("auditevents", "itemusages", "signinattempts")
+FEATURES: Final = _FEATURES
 
 # Fields V2 adds over V1; the V1 endpoints omit them.
 V2_ONLY_FIELDS: Final[dict[str, tuple[str, ...]]] = {

@@ -30,6 +30,9 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 STREAM_NAMES: tuple[str, ...] = tuple(s.name for s in STREAMS)
 
+# The token features the Events API knows (one per stream), in the order the API lists them.
+FEATURES: tuple[str, ...] = ("auditevents", "itemusages", "signinattempts")
+
 INTROSPECT_V2_PATH = "/api/v2/auth/introspect"
 INTROSPECT_V1_PATH = "/api/auth/introspect"
 

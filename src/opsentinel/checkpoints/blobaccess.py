@@ -42,6 +42,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, ContainerClient, LinearRetry
 
 from opsentinel.checkpoints.codec import encode_name, status_from_json, status_json
+from opsentinel.config import is_blob_url  # re-exported beside the state URL parser
 from opsentinel.errors import ConfigError, StoreError
 from opsentinel.state import StreamStatus
 
@@ -84,11 +85,6 @@ class BlobLocation:
 
     def __str__(self) -> str:
         return f"{self.account_url}/{self.container}"
-
-
-def is_blob_url(text: str) -> bool:
-    """Whether a `--state` value means a Blob container (a URL) rather than a directory."""
-    return text[:8].lower().startswith(("https://", "http://"))
 
 
 def parse_state_url(text: str) -> BlobLocation:

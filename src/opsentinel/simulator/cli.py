@@ -15,16 +15,16 @@ import threading
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from opsentinel.errors import ConfigError
-from opsentinel.events import FEATURES
 from opsentinel.simulator.config import DEFAULT_AUDIENCE, SimulatorConfig
-from opsentinel.simulator.faults import Fault
-from opsentinel.simulator.server import SimulatorServer
-from opsentinel.streams import STREAM_NAMES
+from opsentinel.streams import FEATURES, STREAM_NAMES
+
+if TYPE_CHECKING:
+    from opsentinel.simulator.server import SimulatorServer
 
 DEFAULT_PORT = 8080
 DEFAULT_TRICKLE = 12.0  # events per minute per stream: one every five seconds
@@ -148,6 +148,9 @@ def simulate_command(
     unknown = sorted(set(wanted) - set(FEATURES))
     if unknown:
         raise ConfigError(f"--features: unknown feature {', '.join(unknown)} (known: {', '.join(FEATURES)})")
+    from opsentinel.simulator.faults import Fault
+    from opsentinel.simulator.server import SimulatorServer
+
     faults: tuple[Fault, ...] = ()
     if error_rate > 0:
         faults = tuple(Fault.error(503, stream=s, times=None, probability=error_rate) for s in STREAM_NAMES)

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from opsentinel.events import FEATURES
 from opsentinel.simulator.faults import Fault
 from opsentinel.simulator.rfc3339 import NS, to_ns
+from opsentinel.streams import FEATURES
 
 Clock = Callable[[], int]
 """Returns the current time in nanoseconds since the epoch."""
