@@ -115,3 +115,17 @@ def test_a_token_that_is_not_a_jwt_is_not_echoed(tmp_path: Path, cli: Cli, value
     assert "--base-url" in result.errors[0]
     assert value not in result.all
     assert value.rsplit(".", 1)[-1] not in result.all
+
+
+def test_an_unresolved_key_vault_reference_is_never_sent_as_a_token(sim: SimulatorServer, cli: Cli) -> None:
+    """In Azure an app setting whose Key Vault secret cannot be read keeps the reference text: a
+    container or Functions app started that way stops with one line and sends nothing."""
+    reference = "@Microsoft.KeyVault(SecretUri=https://opsent-kv.vault.azure.net/secrets/op-sentinel-token)"
+    sim.clear_request_log()
+    result = cli(["run", "--once", "--base-url", sim.base_url], env={"OP_SENTINEL_TOKEN": reference})
+    assert result.code == 2, result.all
+    (line,) = result.errors
+    assert (
+        "Key Vault reference" in line and "Key Vault Secrets User" in line and "Traceback" not in result.all
+    )
+    assert sim.request_log == []

@@ -20,7 +20,7 @@ __all__ = ["azure_app", "template_json"]
 azure_app = typer.Typer(
     name="azure",
     help="The Azure side of the Sentinel sink: ARM templates for the tables, DCE and DCR, or for the "
-    "whole connector on Azure Functions (--function-app).",
+    "whole connector on Azure Functions (--function-app), and the Functions app's code package.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -28,7 +28,8 @@ azure_app = typer.Typer(
 
 @azure_app.callback()
 def azure() -> None:
-    """The Azure side of the Sentinel sink: ARM templates (tables, DCE, DCR; or the Functions app)."""
+    """The Azure side of the Sentinel sink: ARM templates (tables, DCE, DCR; or the Functions app), and
+    the Functions app's code package."""
 
 
 def template_json(*, function_app: bool = False) -> str:
@@ -69,3 +70,36 @@ def template(
     except OSError as exc:
         raise ConfigError(f"cannot write the template to {output}: {exc.strerror or exc}") from exc
     typer.echo(f"wrote {output}", err=True)
+
+
+@azure_app.command("package")
+def package(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "--output", "-o", help="Where to write the zip.", show_default=True),
+    ] = Path("op-sentinel-functions.zip"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A TOML config with [[account]] tables to ship with the app (as op-sentinel.toml); each "
+            "account's token from an app setting (token_env), never token_file.",
+        ),
+    ] = None,
+) -> None:
+    """Build the Functions app's code: the zip that `az functionapp deployment source config-zip`
+    deploys to the app of `op-sentinel azure template --function-app`.
+
+    The zip holds function_app.py, host.json, this op-sentinel's code and a requirements.txt of its
+    dependencies pinned to the versions installed here; Azure's remote build installs them on Linux.
+    See docs/deploy-sentinel.md ("Deploy the code").
+    """
+    from opsentinel.azure.package import build_package
+
+    info = build_package(out, config=config)
+    typer.echo(
+        f"wrote {info.path} ({len(info.files)} files, {info.size // 1024} KiB); deploy it with: "
+        f"az functionapp deployment source config-zip --resource-group RG --name APP --src {info.path} "
+        "--build-remote true",
+        err=True,
+    )

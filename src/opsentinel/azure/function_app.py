@@ -95,7 +95,9 @@ def function_app_settings() -> dict[str, str]:
         "OP_SENTINEL_STATE": "[variables('stateUrl')]",
         "OP_SENTINEL_TOKEN": "[format('@Microsoft.KeyVault(SecretUri={0})', variables('tokenSecretUri'))]",
         "OP_SENTINEL_BASE_URL": "[parameters('onePasswordBaseUrl')]",
+        # Read by the Functions app (opsentinel.functions), not by op-sentinel's Settings.
         "OP_SENTINEL_SCHEDULE": "[parameters('schedule')]",
+        "OP_SENTINEL_FANOUT": "[if(parameters('queueFanOut'), '1', '0')]",
         "OP_SENTINEL_LATE_WINDOW": "[parameters('lateWindow')]",
     }
 
@@ -189,6 +191,13 @@ def _parameters() -> dict[str, Any]:
                 "string",
                 "Timer schedule (OP_SENTINEL_SCHEDULE), NCRONTAB with seconds first.",
                 defaultValue=DEFAULT_SCHEDULE,
+            ),
+            "queueFanOut": param(
+                "bool",
+                "Spread the work over instances (OP_SENTINEL_FANOUT): each tick puts one message per "
+                "account on the queue op-sentinel-accounts and a queue-triggered function works each "
+                "account. For many accounts; with one, the timer alone is enough.",
+                defaultValue=False,
             ),
             "lateWindow": param(
                 "string",

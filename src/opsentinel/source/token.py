@@ -20,11 +20,13 @@ import jwt
 
 from opsentinel.errors import ConfigError
 
-__all__ = ["ApiToken", "TokenClaims"]
+__all__ = ["KEY_VAULT_REFERENCE", "ApiToken", "TokenClaims"]
 
 logger = logging.getLogger(__name__)
 
 _FEATURES_CLAIM = "1password.com/fts"
+# An app setting Azure could not resolve keeps this literal text: never a token, never sent.
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 _ACCOUNT_CLAIM = "1password.com/auuid"
 
 
@@ -62,6 +64,17 @@ def _epoch(value: Any) -> datetime | None:
     return None
 
 
+def _unresolved_reference(text: str) -> str:
+    # The reference names a vault and a secret, not the secret's value: showing it says which one.
+    shown = (
+        text if len(text) <= 200 and all("!" <= ch <= "~" for ch in text) else KEY_VAULT_REFERENCE + "...)"
+    )
+    return (
+        f"the API token is still the Key Vault reference {shown}: Azure could not read the secret (it is "
+        "not set yet, or the app's identity lacks 'Key Vault Secrets User' on the vault); nothing was sent"
+    )
+
+
 def _decode_claims(secret: str) -> TokenClaims:
     try:
         payload = jwt.decode(secret, options={"verify_signature": False}, algorithms=["ES256"])
@@ -88,11 +101,14 @@ class ApiToken:
 
         Raises ConfigError when it is empty or holds characters a header cannot carry (whitespace
         inside, control or non-ASCII characters): sending such a value would make the HTTP library
-        raise an error that quotes it.
+        raise an error that quotes it; or when it is an unresolved Azure Key Vault reference
+        (`@Microsoft.KeyVault(...)`, what an app setting holds when the platform could not read the secret).
         """
         secret = secret.strip()
         if not secret:
             raise ConfigError("the API token is empty")
+        if secret[: len(KEY_VAULT_REFERENCE)].lower() == KEY_VAULT_REFERENCE.lower():
+            raise ConfigError(_unresolved_reference(secret))
         if not all("!" <= ch <= "~" for ch in secret):
             raise ConfigError(
                 "the API token contains spaces, line breaks or non-ASCII characters; "

@@ -11,11 +11,11 @@ from tests.unit.azure.arm_expressions import Context
 
 from opsentinel.azure import build_function_app_template, function_app_settings
 from opsentinel.config import SPECS, TOKEN_ENV
+from opsentinel.functions import HOST_SETTINGS
 from opsentinel.timefmt import parse_duration
 
-# Settings being added by the replicas and late-events work (interface.md lists them); known names here
-# until they appear in config.SPECS.
-COMING_SETTINGS = {"OP_SENTINEL_LATE_WINDOW", "OP_SENTINEL_REPLICA_ID", "OP_SENTINEL_SCHEDULE"}
+# Settings the Functions app itself reads (the timer's schedule, the queue fan-out), not config.SPECS.
+APP_HOST_SETTINGS = set(HOST_SETTINGS)
 # Settings of the Functions host, Application Insights and azure-identity (not op-sentinel's).
 PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__accountName",
@@ -48,7 +48,7 @@ def app_settings(template: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_op_sentinel_app_setting_is_a_real_setting_name() -> None:
-    known = {spec.env for spec in SPECS if spec.env} | {TOKEN_ENV} | COMING_SETTINGS
+    known = {spec.env for spec in SPECS if spec.env} | {TOKEN_ENV} | APP_HOST_SETTINGS
     names = set(function_app_settings())
     ours = {n for n in names if n.startswith("OP_SENTINEL_")}
     assert ours <= known, ours - known
@@ -64,6 +64,7 @@ def test_every_op_sentinel_app_setting_is_a_real_setting_name() -> None:
         "OP_SENTINEL_TOKEN",
         "OP_SENTINEL_BASE_URL",
         "OP_SENTINEL_SCHEDULE",
+        "OP_SENTINEL_FANOUT",
         "OP_SENTINEL_LATE_WINDOW",
     }
 
@@ -107,6 +108,8 @@ def test_settings_as_deployed_are_values_op_sentinel_accepts() -> None:
     assert parse_duration(settings["OP_SENTINEL_LATE_WINDOW"]).total_seconds() == 24 * 3600
     schedule = settings["OP_SENTINEL_SCHEDULE"]
     assert schedule == "0 */1 * * * *" and len(schedule.split()) == 6  # NCRONTAB: seconds first
+    assert settings["OP_SENTINEL_FANOUT"] == "0"  # one timer works every account
+    assert deployed_settings(queueFanOut=True)["OP_SENTINEL_FANOUT"] == "1"
     assert settings["AZURE_CLIENT_ID"] == "c1d2" == settings["AzureWebJobsStorage__clientId"]
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=c1d2;Authorization=AAD"
 

@@ -151,3 +151,17 @@ def test_from_file_with_two_tokens_names_path_not_content(tmp_path: Path, secret
     assert str(path) in message
     assert secret not in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "@Microsoft.KeyVault(SecretUri=https://opsent-kv.vault.azure.net/secrets/op-sentinel-token/)",
+        "  @microsoft.keyvault(VaultName=opsent-kv;SecretName=op-sentinel-token)\n",
+    ],
+)
+def test_an_unresolved_key_vault_reference_is_not_a_token(reference: str) -> None:
+    with pytest.raises(ConfigError, match=r"^the API token is still the Key Vault reference @") as refused:
+        ApiToken(reference)
+    # It names the vault and secret (not a secret itself), so the admin knows which one to fix.
+    assert reference.strip() in str(refused.value) and "\n" not in str(refused.value)
