@@ -191,11 +191,6 @@ def test_a_second_invocation_while_the_first_works_is_a_no_op(
     assert set(counts) == every_event(sim) and max(counts.values()) == 1
 
 
-@pytest.mark.skip(
-    reason="hangs: lock-order inversion in checkpoints/ (Leases.release takes cp_lock then ledger_lock, "
-    "leases.py:218; BlobCheckpointStore.append_ledger ledger_lock then cp_lock, blob.py:254/458): a release "
-    "after a cancel while an upload's ledger append is in flight deadlocks; passes with the order swapped"
-)
 def test_a_cancelled_invocation_is_resumed_by_the_next_tick(
     tmp_path: Path, app_env: dict[str, str], azure: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

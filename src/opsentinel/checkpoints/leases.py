@@ -215,9 +215,15 @@ class Leases:
         The lease object refuses every write from now on. StoreError when storage cannot be
         reached (the service lets the lease go when it runs out)."""
         blob = self.state.unit_blob(lease.account, lease.stream)
-        with lease.cp_lock, lease.ledger_lock:
-            if not lease.is_lost and lease.seconds_left() > 0 and lease.status != lease.status_stored:
-                assert lease.status is not None
+        # The store takes the ledger's lock before the checkpoint's (an append may roll the ledger
+        # over and point the unit at the new one): the same order here, or the two deadlock.
+        with lease.ledger_lock, lease.cp_lock:
+            if (
+                lease.status is not None
+                and not lease.is_lost
+                and lease.seconds_left() > 0
+                and lease.status != lease.status_stored
+            ):
                 metadata = {**lease.metadata, META_STATUS: status_metadata(lease.status)}
                 with contextlib.suppress(AzureError):
                     blob.set_blob_metadata(
