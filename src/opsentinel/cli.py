@@ -361,7 +361,7 @@ def break_lease(
     from opsentinel.checkpoints.blobaccess import BlobState
     from opsentinel.checkpoints.leases import Leases
 
-    settings = _settings(config, state=state, sink="jsonl", log_level=log_level)
+    settings = _settings(config, state=state, log_level=log_level)
     if settings.state_url is None:
         raise UserError("break-lease needs --state with a Blob container URL (leases exist only there)")
     blob = BlobState.open(settings.state_url)

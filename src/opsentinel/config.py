@@ -23,7 +23,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from opsentinel.errors import ConfigError
@@ -199,15 +198,6 @@ class Settings(BaseModel):
     @classmethod
     def _state(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
-
-    @model_validator(mode="after")
-    def _blob_state_needs_a_shareable_sink(self) -> Settings:
-        if self.state_url is not None and self.sink == "duckdb":
-            raise ValueError(
-                "a Blob state (--state URL) is for replicas sharing the work, with --sink sentinel or jsonl; "
-                "a DuckDB store keeps its checkpoints in its own file (one writer)"
-            )
-        return self
 
     @property
     def state_url(self) -> str | None:

@@ -95,6 +95,11 @@ def _make_parent_dirs(path: Path) -> None:
 
 def open_destination(settings: Settings, **sink_options: Any) -> Destination:
     """Build the destination `settings.sink` names. ConfigError when its settings are incomplete."""
+    if settings.state_url is not None and settings.sink == "duckdb":
+        raise ConfigError(
+            "a Blob state (--state URL) is for replicas sharing the work, with --sink sentinel or jsonl; "
+            "a DuckDB store keeps its checkpoints in its own file (one writer)"
+        )
     if settings.sink == "duckdb":
         from opsentinel.sinks.duckdb import DuckDBStore
 

@@ -43,6 +43,8 @@ Key = tuple[str, str]
 
 def collect(settings: Settings) -> list[StreamView]:
     """One view per (account, stream) known to the store, plus health rows' counts when present."""
+    if settings.state_url is not None:  # a Blob state holds the checkpoints whatever the sink
+        return _blob_views(settings.state_url)
     if settings.sink == "duckdb":
         from opsentinel.store_read import read_summary
 
@@ -55,8 +57,6 @@ def collect(settings: Settings) -> list[StreamView]:
             newest = {(c.account, c.stream): summary.newest_event_time.get(c.stream) for c in cps}
             return _views(cps, summary.statuses, rows, newest)
         return _views(cps, summary.statuses, *_from_checkpoints(cps))
-    if settings.state_url is not None:
-        return _blob_views(settings.state_url)
     from opsentinel.checkpoints_file import FileCheckpointStore
 
     if not settings.state_dir.exists():
