@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from opsentinel.azure.function_app import build_function_app_template
+from opsentinel.azure.app_template import build_function_app_template
 from opsentinel.azure.template import build_template
 from opsentinel.errors import ConfigError
 

@@ -18,7 +18,7 @@ connector sends. Compared with Microsoft's 1Password solution (`1Password_tables
 - outputs are exactly what `op-sentinel --dce --dcr-id --stream --history-stream` need.
 
 The pieces (parameters, variables, resources) are shared with the `--function-app` template in
-`opsentinel.azure.function_app`, which adds the Functions host around them.
+`opsentinel.azure.app_template`, which adds the Functions host around them.
 """
 
 from __future__ import annotations

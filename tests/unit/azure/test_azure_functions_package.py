@@ -19,8 +19,8 @@ from azure.functions.timer import TimerRequestConverter
 from tests.functions_app import app_dir, functions, load_app
 from typer.testing import CliRunner
 
+from opsentinel.azure.app_template import DEFAULT_SCHEDULE, function_app_settings
 from opsentinel.azure.cli import azure_app
-from opsentinel.azure.function_app import DEFAULT_SCHEDULE, function_app_settings
 from opsentinel.azure.package import build_package
 from opsentinel.functions import (
     QUEUE_CONNECTION,
